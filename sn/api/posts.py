@@ -1,0 +1,100 @@
+"""Posts and the feed."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from sn.api.common import (
+    current_user,
+    decode_body,
+    enforce_rate_limit,
+    json_response,
+    optional_user,
+    path_id,
+    query_id,
+    query_int,
+    raw_json_response,
+    services,
+    text_field,
+)
+from sn.errors import Forbidden, NotFound
+from sn.feed import to_wire
+from sn.models import Message, PostCreateRequest, PostUpdateRequest
+
+bp = Blueprint("posts")
+
+
+async def _owned_post_author(request: Request, post_id: int, me: int) -> int:
+    author = await services(request).posts.author_of(post_id)
+    if author is None:
+        raise NotFound("post not found")
+    if author != me:
+        raise Forbidden("only the author may change this post")
+    return author
+
+
+@bp.post("/post/create")
+async def create(request: Request) -> HTTPResponse:
+    app = services(request)
+    me = current_user(request)
+    await enforce_rate_limit(request, "write", str(me), app.settings.rate_limit_write)
+    body = decode_body(request, PostCreateRequest)
+    text = text_field(body.text, name="text", max_chars=app.settings.post_max_chars)
+    row = await app.posts.create(app.ids.next_id(), me, text)
+    await app.feed.post_created(row)
+    # The spec's PostId: the response body is the id as a JSON string.
+    return json_response(str(row.id))
+
+
+@bp.put("/post/update")
+async def update(request: Request) -> HTTPResponse:
+    app = services(request)
+    me = current_user(request)
+    body = decode_body(request, PostUpdateRequest)
+    post_id = path_id(body.id, "id")
+    text = text_field(body.text, name="text", max_chars=app.settings.post_max_chars)
+    author = await _owned_post_author(request, post_id, me)
+    row = await app.posts.update(author, post_id, text)
+    if row is None:
+        raise NotFound("post not found")
+    await app.feed.post_updated(row)
+    return json_response(Message(message="post updated"))
+
+
+@bp.put("/post/delete/<post_id:str>")
+async def delete(request: Request, post_id: str) -> HTTPResponse:
+    app = services(request)
+    me = current_user(request)
+    pid = path_id(post_id, "id")
+    author = await _owned_post_author(request, pid, me)
+    if not await app.posts.delete(author, pid):
+        raise NotFound("post not found")
+    await app.feed.post_deleted(pid, author)
+    return json_response(Message(message="post deleted"))
+
+
+@bp.get("/post/get/<post_id:str>")
+async def get(request: Request, post_id: str) -> HTTPResponse:
+    app = services(request)
+    optional_user(request)
+    pid = path_id(post_id, "id")
+    cached = await app.post_cache.get_raw(pid)
+    if cached is not None:
+        return raw_json_response(cached)
+    author = await app.posts.author_of(pid)
+    row = await app.posts.get(author, pid) if author is not None else None
+    if row is None:
+        raise NotFound("post not found")
+    post = to_wire(row)
+    await app.post_cache.put_many([post])
+    return json_response(post)
+
+
+@bp.get("/post/feed")
+async def feed(request: Request) -> HTTPResponse:
+    app = services(request)
+    me = current_user(request)
+    offset = query_int(request, "offset", 0, minimum=0, maximum=100_000)
+    limit = query_int(request, "limit", 10, minimum=1, maximum=1000)
+    before = query_id(request, "before")
+    return json_response(await app.feed.page(me, offset=offset, limit=limit, before=before))

@@ -1,0 +1,161 @@
+"""The Sanic application factory: settings, middleware, error handling, blueprints, listeners.
+
+Workers are spawned processes that each call `create_app()`; everything per-process (pools,
+clients, actors) is created in listeners, never at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.exceptions
+from sanic import HTTPResponse, Request, Sanic
+from sanic.response import BaseHTTPResponse
+from sanic.exceptions import SanicException
+
+from sn import logs
+from sn.api import dialogs, friends, health, openapi, posts, users
+from sn.context import Services
+from sn.errors import ApiError, ServiceUnavailable
+from sn.models import Message, ServerError
+from sn.settings import Settings, load_settings
+
+log = logging.getLogger("sn.app")
+access = logging.getLogger("sn.access")
+
+_encoder = msgspec.json.Encoder()
+
+# Exceptions meaning "a dependency does not answer", which deserve a 503 and a Retry-After
+# rather than a 500: the request may well succeed once the dependency is back.
+_DEPENDENCY_ERRORS: tuple[tuple[type[BaseException], ...], str] = (
+    (
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.TooManyConnectionsError,
+        ConnectionError,
+        OSError,
+        asyncio.TimeoutError,
+    ),
+    "postgres",
+)
+
+
+def _dependency_of(exc: BaseException) -> str | None:
+    if isinstance(exc, ServiceUnavailable):
+        return exc.dependency
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "redis"
+    if isinstance(exc, _DEPENDENCY_ERRORS[0]):
+        return _DEPENDENCY_ERRORS[1]
+    return None
+
+
+def _error_response(request: Request, exc: Exception) -> HTTPResponse:
+    headers: dict[str, str] = {}
+    if isinstance(exc, ApiError):
+        status, body = exc.status, _encoder.encode(Message(message=exc.message))
+        headers.update(exc.headers)
+    elif isinstance(exc, SanicException) and exc.status_code < 500:
+        status, body = exc.status_code, _encoder.encode(Message(message=str(exc) or exc.message or "error"))
+        headers.update({k: str(v) for k, v in (exc.headers or {}).items()})
+    elif (dependency := _dependency_of(exc)) is not None:
+        retry_after = exc.retry_after if isinstance(exc, ServiceUnavailable) else 5
+        log.error(
+            "dependency unavailable: %s (%s)",
+            dependency,
+            type(exc).__name__,
+            extra={"request_id": str(request.id)},
+        )
+        status = 503
+        body = _encoder.encode(
+            ServerError(message=f"{dependency} is unavailable", request_id=str(request.id), code=503)
+        )
+        headers["Retry-After"] = str(retry_after)
+    else:
+        log.exception("unhandled error", exc_info=exc, extra={"request_id": str(request.id)})
+        status = 500
+        body = _encoder.encode(ServerError(message="internal server error", request_id=str(request.id), code=500))
+    return HTTPResponse(body, status=status, headers=headers, content_type="application/json")
+
+
+def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
+    origin = request.headers.get("origin")
+    if not origin:
+        return {}
+    allowed = settings.cors_origins
+    if "*" in allowed:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
+def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[Any, Any]:
+    settings = settings or load_settings()
+    app = Sanic(name, log_config=logs.log_config(settings))
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.REQUEST_TIMEOUT = int(settings.request_timeout_seconds)
+    app.config.RESPONSE_TIMEOUT = int(settings.request_timeout_seconds)
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.graceful_shutdown_seconds
+    app.config.ACCESS_LOG = False  # our middleware logs one line per request, in our format
+    app.config.MOTD = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.ctx.settings = settings
+    app.ctx.draining = False
+
+    for module in (users, friends, posts, dialogs, health, openapi):
+        app.blueprint(module.bp)
+
+    @app.before_server_start
+    async def start_services(app: Sanic[Any, Any]) -> None:
+        app.ctx.services = await Services.start(settings)
+
+    @app.after_server_stop
+    async def stop_services(app: Sanic[Any, Any]) -> None:
+        services: Services | None = getattr(app.ctx, "services", None)
+        if services is not None:
+            await services.close()
+
+    async def preflight(request: Request) -> HTTPResponse | None:
+        request.ctx.started = time.perf_counter()
+        if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
+            headers = _cors_headers(settings, request)
+            headers.update(
+                {
+                    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-ID",
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+            return HTTPResponse(status=204, headers=headers)
+        return None
+
+    async def finish(request: Request, response: BaseHTTPResponse) -> None:
+        response.headers["X-Request-ID"] = str(request.id)
+        response.headers.update(_cors_headers(settings, request))
+        if settings.access_log:
+            started = getattr(request.ctx, "started", None)
+            duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+            access.info(
+                "%s %s %d %.1fms",
+                request.method,
+                request.path,
+                response.status,
+                duration_ms,
+                extra={
+                    "request_id": str(request.id),
+                    "status": response.status,
+                    "remote": request.remote_addr,
+                },
+            )
+
+    app.register_middleware(preflight, "request", priority=100)
+    app.register_middleware(finish, "response", priority=100)
+    app.error_handler.add(Exception, _error_response)
+    return app

@@ -1,0 +1,76 @@
+"""JWT issue/verify (HS256) and argon2id password hashing off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from sn.errors import Unauthorized
+from sn.ids import parse_id
+
+_ALGORITHM = "HS256"
+
+
+class TokenService:
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self._ttl = ttl_seconds
+
+    def issue(self, user_id: int, *, admin: bool = False, ttl_seconds: int | None = None) -> str:
+        now = int(time.time())
+        claims: dict[str, object] = {"sub": str(user_id), "iat": now, "exp": now + (ttl_seconds or self._ttl)}
+        if admin:
+            claims["admin"] = True
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def verify(self, token: str) -> tuple[int, dict[str, object]]:
+        """The user id and claims of a valid token; Unauthorized with the reason otherwise."""
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[_ALGORITHM], options={"require": ["sub", "exp", "iat"]}
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized("invalid token") from exc
+        subject = claims.get("sub")
+        user_id = parse_id(subject) if isinstance(subject, str) else None
+        if user_id is None:
+            raise Unauthorized("invalid token subject")
+        return user_id, claims
+
+
+class PasswordService:
+    """argon2id hashing in a small thread pool.
+
+    Hashing costs tens of milliseconds of CPU and 64 MiB by default: on the event loop it would
+    stall every other request, and unbounded it would let a burst of logins exhaust memory.
+    argon2-cffi releases the GIL, so threads give real parallelism; the pool size bounds it.
+    """
+
+    def __init__(self, *, time_cost: int, memory_kib: int, parallelism: int, concurrency: int) -> None:
+        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
+
+    def hash_sync(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash, password)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._verify, password_hash, password)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

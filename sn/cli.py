@@ -1,0 +1,170 @@
+"""The `sn` command: serve, dev, migrate, seed, admin-token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sn.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("sn.cli")
+
+
+def _serve(settings: Settings) -> None:
+    """Run the multi-worker Sanic server; each worker builds its app from the environment."""
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from sn import logs
+    from sn.app import create_app
+
+    settings.require_secret()
+    if not settings.database_url or not settings.redis_url:
+        raise SettingsError("SN_DATABASE_URL and SN_REDIS_URL must be set for `sn serve` (or run `sn dev`)")
+    logs.configure(settings)
+    loader = AppLoader(factory=create_app)
+    app = loader.load()
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        backlog=settings.backlog,
+        access_log=False,
+        single_process=False,
+    )
+    log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+    Sanic.serve(primary=app, app_loader=loader)
+
+
+def _publish(settings: Settings) -> None:
+    """Make settings decided in this process visible to spawned workers (they re-read the env)."""
+    for name, value in (
+        ("SN_DATABASE_URL", settings.database_url),
+        ("SN_REDIS_URL", settings.redis_url),
+        ("SN_JWT_SECRET", settings.jwt_secret),
+    ):
+        if value:
+            os.environ[name] = value
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A per-checkout secret kept in var/, so dev tokens survive restarts without a default secret."""
+    path = data_dir / "jwt-secret"
+    if path.is_file():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+@contextlib.contextmanager
+def embedded_services(settings: Settings) -> Iterator[Settings]:
+    """Start embedded PostgreSQL/Redis for whichever URL is unset; stop them on exit."""
+    from sn.embedded import EmbeddedPostgres, EmbeddedRedis
+    from sn.settings import with_overrides
+
+    data_dir = Path(settings.data_dir).resolve()
+    with contextlib.ExitStack() as stack:
+        changes: dict[str, str] = {}
+        if not settings.database_url:
+            pg = stack.enter_context(EmbeddedPostgres(data_dir / "pg"))
+            changes["database_url"] = pg.url
+            log.info("embedded PostgreSQL at %s (data in %s)", pg.url, data_dir / "pg")
+        if not settings.redis_url:
+            rd = stack.enter_context(EmbeddedRedis(data_dir / "redis"))
+            changes["redis_url"] = rd.url
+            log.info("embedded Redis at %s (data in %s)", rd.url, data_dir / "redis")
+        if not settings.jwt_secret:
+            changes["jwt_secret"] = _dev_secret(data_dir)
+        yield with_overrides(settings, **changes)
+
+
+def _dev(settings: Settings) -> None:
+    from sn import logs
+    from sn.storage.migrations import migrate
+
+    logs.configure(settings)
+    with embedded_services(settings) as resolved:
+        assert resolved.database_url is not None
+        applied = asyncio.run(migrate(resolved.database_url))
+        log.info("migrations: %d applied", len(applied))
+        _publish(resolved)
+        _serve(resolved)
+
+
+def _migrate(settings: Settings) -> None:
+    from sn import logs
+    from sn.storage.migrations import migrate
+
+    logs.configure(settings)
+    if not settings.database_url:
+        raise SettingsError("SN_DATABASE_URL is not set")
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(f'{m.version:04d}_{m.name}' for m in applied) or '-'}")
+
+
+def _admin_token(settings: Settings, user_id: str, ttl: int) -> None:
+    from sn.auth import TokenService
+    from sn.ids import parse_id
+
+    uid = parse_id(user_id)
+    if uid is None:
+        raise SettingsError(f"not a valid user id: {user_id!r}")
+    print(TokenService(settings.require_secret(), settings.jwt_ttl_seconds).issue(uid, admin=True, ttl_seconds=ttl))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sn", description="sn: a social network backend built for high load")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve against the configured SN_DATABASE_URL / SN_REDIS_URL (production)")
+    sub.add_parser("dev", help="serve with embedded PostgreSQL/Redis for whatever URL is unset (zero install)")
+    sub.add_parser("migrate", help="apply pending SQL migrations")
+    seed = sub.add_parser("seed", help="generate realistic data fast (COPY)")
+    seed.add_argument("--users", type=int, default=1000)
+    seed.add_argument("--follows-per-user", type=int, default=20)
+    seed.add_argument("--posts-per-user", type=int, default=2)
+    seed.add_argument("--celebrities", type=int, default=0)
+    seed.add_argument("--celebrity-followers", type=int, default=0)
+    seed.add_argument("--password", default="password123", help="every seeded user's password")
+    seed.add_argument("--ids-out", type=Path, help="write the seeded user ids here, one per line")
+    token = sub.add_parser("admin-token", help="print an admin token signed with the configured secret")
+    token.add_argument("--user-id", default="1")
+    token.add_argument("--ttl", type=int, default=3600)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(dev_mode=args.command == "dev")
+        if args.command == "serve":
+            _serve(settings)
+        elif args.command == "dev":
+            _dev(settings)
+        elif args.command == "migrate":
+            _migrate(settings)
+        elif args.command == "seed":
+            from sn.seed import run_seed
+
+            asyncio.run(run_seed(settings, args))
+        elif args.command == "admin-token":
+            _admin_token(settings, args.user_id, args.ttl)
+    except SettingsError as exc:
+        print(f"sn: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""One typed settings object, read from ``SN_*`` environment variables.
+
+Every setting has an ``SN_`` name; a few keep the seed's unprefixed names as fallbacks
+(``DATABASE_URL``, ``REDIS_URL``, ``RABBITMQ_URL``, ``LOG_LEVEL``, ``CELEBRITY_*``) so existing
+compose files and scripts keep working. A ``.env`` file in the working directory is read too;
+real environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed: the process must not start."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # Connections. None means "not configured": `sn dev` starts embedded servers for those.
+    database_url: str | None = None
+    redis_url: str | None = None
+    amqp_url: str | None = None
+
+    # HTTP server.
+    host: str = "0.0.0.0"
+    port: int = 9000
+    workers: int = 2
+    backlog: int = 4096
+    max_body_bytes: int = 1_048_576
+    request_timeout_seconds: float = 30.0
+    graceful_shutdown_seconds: float = 10.0
+
+    # Auth. The secret has no default outside dev mode: a forgotten secret must not silently
+    # become a well-known one.
+    jwt_secret: str | None = None
+    jwt_ttl_seconds: int = 86_400
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65_536
+    argon2_parallelism: int = 1
+    password_hash_concurrency: int = 2
+
+    # Logging.
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+    # Security at the edge.
+    cors_origins: tuple[str, ...] = ("*",)
+    rate_limit_window_seconds: int = 60
+    rate_limit_auth: int = 30  # register/login per client IP per window; 0 disables
+    rate_limit_write: int = 120  # post create and dialog send per user per window; 0 disables
+
+    # Storage.
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_statement_cache_size: int = 100
+    feed_cache_size: int = 1000
+    feed_cache_ttl_seconds: int = 7 * 86_400
+    post_cache_ttl_seconds: int = 86_400
+    profile_cache_ttl_seconds: int = 3_600
+    post_max_chars: int = 10_000
+    dialog_max_chars: int = 4_096
+
+    # Real-time feed (the seed's names are accepted too, see _FALLBACKS).
+    celebrity_threshold: int = 1000
+    celebrity_batch_size: int = 100
+    celebrity_batch_delay: float = 0.1
+    node_id: str | None = None
+
+    # Where `sn dev` keeps embedded servers' data.
+    data_dir: str = "var"
+    dev_mode: bool = False
+
+    def require_secret(self) -> str:
+        if not self.jwt_secret:
+            raise SettingsError("SN_JWT_SECRET is not set: refusing to start without a token signing secret")
+        if len(self.jwt_secret.encode()) < 32:
+            # RFC 7518 3.2: an HS256 key shorter than the hash output is brute-forceable.
+            raise SettingsError("SN_JWT_SECRET must be at least 32 bytes (e.g. `openssl rand -hex 32`)")
+        return self.jwt_secret
+
+
+# Seed names accepted when the SN_ name is absent.
+_FALLBACKS: dict[str, tuple[str, ...]] = {
+    "database_url": ("DATABASE_URL",),
+    "redis_url": ("REDIS_URL",),
+    "amqp_url": ("RABBITMQ_URL", "AMQP_URL"),
+    "log_level": ("LOG_LEVEL",),
+    "jwt_secret": ("JWT_SECRET",),
+    "celebrity_threshold": ("CELEBRITY_THRESHOLD",),
+    "celebrity_batch_size": ("CELEBRITY_BATCH_SIZE",),
+    "celebrity_batch_delay": ("CELEBRITY_BATCH_DELAY",),
+}
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off", ""}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a minimal ``KEY=value`` file (comments, blank lines, optional quotes)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _coerce(name: str, raw: str, annotation: Any) -> Any:
+    """Convert one environment string to the field's type, with an error naming the variable."""
+    env_name = "SN_" + name.upper()
+    try:
+        if annotation in (bool,):
+            lowered = raw.strip().lower()
+            if lowered in _BOOL_TRUE:
+                return True
+            if lowered in _BOOL_FALSE:
+                return False
+            raise ValueError(raw)
+        if annotation is int:
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+        if name == "cors_origins":
+            return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{env_name}: cannot parse {raw!r}") from exc
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env"), dev_mode: bool = False
+) -> Settings:
+    """Build settings from the environment (and ``.env``); validate them; never read at import."""
+    env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+    hints = {field.name: field.type for field in msgspec.structs.fields(Settings)}
+    values: dict[str, Any] = {}
+    for name, annotation in hints.items():
+        candidates = ("SN_" + name.upper(), *_FALLBACKS.get(name, ()))
+        raw = next((env[key] for key in candidates if env.get(key) not in (None, "")), None)
+        if raw is None:
+            continue
+        base = annotation
+        # Optional[...] fields: the inner type decides the conversion.
+        if hasattr(annotation, "__args__") and type(None) in getattr(annotation, "__args__", ()):
+            base = next(arg for arg in annotation.__args__ if arg is not type(None))
+        values[name] = _coerce(name, raw, base)
+    if dev_mode:
+        values["dev_mode"] = True
+    try:
+        settings = msgspec.convert(values, Settings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from exc
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    problems = []
+    if settings.workers < 1:
+        problems.append("SN_WORKERS must be >= 1")
+    if not 0 < settings.port < 65536:
+        problems.append("SN_PORT must be a TCP port")
+    if settings.db_pool_min < 1 or settings.db_pool_max < settings.db_pool_min:
+        problems.append("SN_DB_POOL_MIN/SN_DB_POOL_MAX: need 1 <= min <= max")
+    if settings.feed_cache_size < 10:
+        problems.append("SN_FEED_CACHE_SIZE must be >= 10")
+    if settings.celebrity_threshold < 1 or settings.celebrity_batch_size < 1 or settings.celebrity_batch_delay < 0:
+        problems.append("CELEBRITY_THRESHOLD and CELEBRITY_BATCH_SIZE must be >= 1, CELEBRITY_BATCH_DELAY >= 0")
+    if settings.password_hash_concurrency < 1:
+        problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        problems.append("SN_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if problems:
+        raise SettingsError("; ".join(problems))
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    return msgspec.structs.replace(settings, **changes)

@@ -1,0 +1,191 @@
+"""The per-user feed cache in Redis: the newest N post ids of the people a user follows.
+
+One sorted set per user, ``sn:feed:{user_id}``. Every member has score 0 and the set is ordered
+lexicographically: a member is ``<post id, 19 digits>:<author id>``, so lexical order is id order
+(ids are time-ordered) and a ``before=<id>`` cursor is a lex range. Carrying the author id lets a
+cache miss on a post body be read from the author's shard.
+
+Three sentinel members, all sorting before any real id, record the set's state in the set itself
+(one key, one round trip):
+
+- ``BUILDING``: a reader is rebuilding it from the database. Fan-out already writes into it, so a
+  post committed during the rebuild is not lost; if the key is deleted meanwhile (a follow or an
+  unfollow), the rebuild's result is stale and is discarded.
+- ``COMPLETE``: the set holds the user's whole feed (it has fewer than N posts): a short page is
+  the end of the feed.
+- ``PARTIAL``: older posts exist beyond the set: a page that runs past its end is read from the
+  database.
+
+A key without COMPLETE or PARTIAL is a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+COMPLETE = "0000000000000000000"
+BUILDING = "0000000000000000001"
+PARTIAL = "0000000000000000002"
+_REAL_MIN = "(" + PARTIAL  # exclusive lower bound: every real member sorts after the sentinels
+_REAL_MAX = "+"
+_KEY = "sn:feed:{}"
+
+# Shared by the scripts: drop the oldest real members beyond `max`; trimming makes the set partial.
+_TRIM = """
+local function trim(key, max)
+  local sentinels = redis.call('ZLEXCOUNT', key, '-', '[' .. PARTIAL)
+  local real = redis.call('ZCARD', key) - sentinels
+  if real > max then
+    redis.call('ZREMRANGEBYRANK', key, sentinels, sentinels + real - max - 1)
+    if redis.call('ZREM', key, COMPLETE) == 1 then redis.call('ZADD', key, 0, PARTIAL) end
+  end
+end
+"""
+_PRELUDE = f"local COMPLETE, BUILDING, PARTIAL = '{COMPLETE}', '{BUILDING}', '{PARTIAL}'\n" + _TRIM
+
+# KEYS: feeds; ARGV: member, max. Only feeds that exist are touched: an absent feed is rebuilt
+# on its next read, so writing into it would waste memory on users who are not reading.
+_ADD = (
+    _PRELUDE
+    + """
+local max = tonumber(ARGV[2])
+local touched = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', key, 0, ARGV[1])
+    trim(key, max)
+    touched = touched + 1
+  end
+end
+return touched
+"""
+)
+
+# KEYS: feeds; ARGV: members to remove.
+_REMOVE = """
+local removed = 0
+for _, key in ipairs(KEYS) do
+  removed = removed + redis.call('ZREM', key, unpack(ARGV))
+end
+return removed
+"""
+
+# KEYS[1]: feed; ARGV: complete (0/1), ttl, max, members... Returns 0 when the rebuild was
+# invalidated while it ran (BUILDING gone), 1 when stored.
+_COMMIT = (
+    _PRELUDE
+    + """
+local key = KEYS[1]
+if not redis.call('ZSCORE', key, BUILDING) then return 0 end
+for i = 4, #ARGV, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #ARGV) do
+    chunk[#chunk + 1] = 0
+    chunk[#chunk + 1] = ARGV[j]
+  end
+  redis.call('ZADD', key, unpack(chunk))
+end
+redis.call('ZREM', key, BUILDING)
+if ARGV[1] == '1' then redis.call('ZADD', key, 0, COMPLETE) else redis.call('ZADD', key, 0, PARTIAL) end
+trim(key, tonumber(ARGV[3]))
+redis.call('EXPIRE', key, tonumber(ARGV[2]))
+return 1
+"""
+)
+
+
+def member(post_id: int, author_id: int) -> str:
+    return f"{post_id:019d}:{author_id}"
+
+
+def parse_member(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    post, _, author = text.partition(":")
+    return int(post), int(author)
+
+
+def feed_key(user_id: int) -> str:
+    return _KEY.format(user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """A page read from the cache. `hit` False: no usable cache; `exhausted`: the page ran past the
+    end of a PARTIAL set, so the caller must read this page from the database instead."""
+
+    hit: bool
+    keys: list[tuple[int, int]]
+    exhausted: bool = False
+
+
+class FeedCache:
+    # Fan-out touches followers' feeds in chunks of this many keys per script call: big enough to
+    # amortise round trips, small enough that one call never blocks Redis for long.
+    CHUNK = 500
+
+    def __init__(self, redis: Redis, *, size: int, ttl_seconds: int) -> None:
+        self._redis = redis
+        self._size = size
+        self._ttl = ttl_seconds
+        self._add = redis.register_script(_ADD)
+        self._remove = redis.register_script(_REMOVE)
+        self._commit = redis.register_script(_COMMIT)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> FeedPage:
+        key = feed_key(user_id)
+        upper = "(" + f"{before:019d}:" if before is not None else _REAL_MAX
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(key, "[" + COMPLETE, "[" + PARTIAL, bylex=True)
+            pipe.zrange(key, upper, _REAL_MIN, desc=True, bylex=True, offset=offset, num=limit)
+            sentinels, members = await pipe.execute()
+        state = {s.decode() if isinstance(s, bytes) else s for s in sentinels}
+        if COMPLETE not in state and PARTIAL not in state:
+            return FeedPage(hit=False, keys=[])
+        keys = [parse_member(m) for m in members]
+        exhausted = len(keys) < limit and PARTIAL in state
+        return FeedPage(hit=True, keys=keys, exhausted=exhausted)
+
+    async def begin_rebuild(self, user_id: int) -> None:
+        key = feed_key(user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {BUILDING: 0})
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def commit_rebuild(self, user_id: int, keys: Sequence[tuple[int, int]]) -> bool:
+        """Store a rebuild's result: `keys` are (post_id, author_id), newest first, at most size."""
+        complete = "1" if len(keys) < self._size else "0"
+        args = [complete, str(self._ttl), str(self._size), *(member(p, a) for p, a in keys)]
+        return bool(await self._commit(keys=[feed_key(user_id)], args=args))
+
+    async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:
+        """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
+        value = member(post_id, author_id)
+        touched = 0
+        for chunk in _chunks([feed_key(r) for r in recipients], self.CHUNK):
+            touched += int(await self._add(keys=chunk, args=[value, str(self._size)]))
+        return touched
+
+    async def remove_posts(self, recipients: Iterable[int], posts: Sequence[tuple[int, int]]) -> int:
+        if not posts:
+            return 0
+        values = [member(p, a) for p, a in posts]
+        removed = 0
+        for chunk in _chunks([feed_key(r) for r in recipients], self.CHUNK):
+            removed += int(await self._remove(keys=chunk, args=values))
+        return removed
+
+    async def invalidate(self, user_id: int) -> None:
+        await self._redis.delete(feed_key(user_id))
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

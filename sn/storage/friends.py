@@ -1,0 +1,51 @@
+"""Follow relations, kept in two mirrored tables written in one transaction.
+
+friendships(user_id, friend_id) answers "whom does X follow" on X's shard; followers(author_id,
+follower_id) answers "who follows X" on X's shard, which is what a fan-out reads.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+class FriendRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def follow(self, user_id: int, friend_id: int) -> bool:
+        """True when the relation is new (False: it already existed; idempotent)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                "INSERT INTO friendships (user_id, friend_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+                user_id,
+                friend_id,
+            )
+            await conn.execute(
+                "INSERT INTO followers (author_id, follower_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                friend_id,
+                user_id,
+            )
+        return bool(created)
+
+    async def unfollow(self, user_id: int, friend_id: int) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            removed = await conn.fetchval(
+                "DELETE FROM friendships WHERE user_id = $1 AND friend_id = $2 RETURNING true",
+                user_id,
+                friend_id,
+            )
+            await conn.execute("DELETE FROM followers WHERE author_id = $1 AND follower_id = $2", friend_id, user_id)
+        return bool(removed)
+
+    async def following(self, user_id: int) -> list[int]:
+        rows = await self._pool.fetch("SELECT friend_id FROM friendships WHERE user_id = $1", user_id)
+        return [row["friend_id"] for row in rows]
+
+    async def followers(self, author_id: int) -> list[int]:
+        rows = await self._pool.fetch("SELECT follower_id FROM followers WHERE author_id = $1", author_id)
+        return [row["follower_id"] for row in rows]
+
+    async def follower_count(self, author_id: int) -> int:
+        value = await self._pool.fetchval("SELECT count(*) FROM followers WHERE author_id = $1", author_id)
+        return int(value or 0)

@@ -1,0 +1,106 @@
+"""Posts, stored on their author's shard; post_index maps a bare post id to its author."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class PostRow:
+    id: int
+    author_id: int
+    text: str
+    created_at: dt.datetime
+
+
+def _to_post(row: asyncpg.Record) -> PostRow:
+    return PostRow(id=row["id"], author_id=row["author_id"], text=row["text"], created_at=row["created_at"])
+
+
+class PostRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, post_id: int, author_id: int, text: str) -> PostRow:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO posts (author_id, id, text) VALUES ($1, $2, $3) RETURNING id, author_id, text, created_at",
+                author_id,
+                post_id,
+                text,
+            )
+            await conn.execute("INSERT INTO post_index (id, author_id) VALUES ($1, $2)", post_id, author_id)
+        assert row is not None
+        return _to_post(row)
+
+    async def author_of(self, post_id: int) -> int | None:
+        value = await self._pool.fetchval("SELECT author_id FROM post_index WHERE id = $1", post_id)
+        return int(value) if value is not None else None
+
+    async def get(self, author_id: int, post_id: int) -> PostRow | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, author_id, text, created_at FROM posts WHERE author_id = $1 AND id = $2",
+            author_id,
+            post_id,
+        )
+        return _to_post(row) if row is not None else None
+
+    async def get_many(self, keys: list[tuple[int, int]]) -> list[PostRow]:
+        """Posts by (author_id, post_id); missing ones are simply absent from the result."""
+        if not keys:
+            return []
+        rows = await self._pool.fetch(
+            "SELECT p.id, p.author_id, p.text, p.created_at FROM posts p"
+            " JOIN unnest($1::bigint[], $2::bigint[]) AS k(author_id, id)"
+            " ON p.author_id = k.author_id AND p.id = k.id",
+            [author for author, _ in keys],
+            [post for _, post in keys],
+        )
+        return [_to_post(row) for row in rows]
+
+    async def update(self, author_id: int, post_id: int, text: str) -> PostRow | None:
+        row = await self._pool.fetchrow(
+            "UPDATE posts SET text = $3, updated_at = now() WHERE author_id = $1 AND id = $2"
+            " RETURNING id, author_id, text, created_at",
+            author_id,
+            post_id,
+            text,
+        )
+        return _to_post(row) if row is not None else None
+
+    async def delete(self, author_id: int, post_id: int) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                "DELETE FROM posts WHERE author_id = $1 AND id = $2 RETURNING true", author_id, post_id
+            )
+            await conn.execute("DELETE FROM post_index WHERE id = $1", post_id)
+        return bool(deleted)
+
+    async def feed_keys(
+        self, authors: list[int], limit: int, before: int | None = None, offset: int = 0
+    ) -> list[tuple[int, int]]:
+        """(post_id, author_id) of the authors' newest posts, newest first.
+
+        This is the feed rebuild: it spans many authors, so on Citus it is a multi-shard query,
+        bounded by the LIMIT (each shard returns at most offset+limit rows).
+        """
+        if not authors:
+            return []
+        rows = await self._pool.fetch(
+            "SELECT id, author_id FROM posts WHERE author_id = ANY($1::bigint[]) AND id < $2"
+            " ORDER BY id DESC OFFSET $3 LIMIT $4",
+            authors,
+            before if before is not None else (1 << 63) - 1,
+            offset,
+            limit,
+        )
+        return [(row["id"], row["author_id"]) for row in rows]
+
+    async def recent_by_author(self, author_id: int, limit: int) -> list[tuple[int, int]]:
+        rows = await self._pool.fetch(
+            "SELECT id, author_id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2", author_id, limit
+        )
+        return [(row["id"], row["author_id"]) for row in rows]

@@ -1,0 +1,146 @@
+"""Session-wide real services: PostgreSQL, Redis and one running `sn serve` shared by the suite.
+
+Where they come from, in order: SN_TEST_DATABASE_URL / SN_TEST_REDIS_URL; the local services on
+their default ports; embedded servers started for this session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from sn.storage.migrations import migrate
+from tests.support import ServerProcess, User, port_open, register
+
+JWT_SECRET = "test-secret-" + uuid.uuid4().hex
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SN_TEST_DATABASE_URL")
+    if url:
+        yield url
+    elif port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        from sn.embedded import EmbeddedPostgres
+
+        with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as pg:
+            yield pg.url
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh database for this session (and xdist worker), migrated, dropped at the end."""
+    name = f"sn_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await migrate(_with_database(postgres_admin_url, name))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield _with_database(postgres_admin_url, name)
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[str]:
+    """A Redis database of its own per xdist worker (db 1..15), flushed before use."""
+    index = 1 + (int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0) % 15
+    url = os.environ.get("SN_TEST_REDIS_URL")
+    if url:
+        base = url.rsplit("/", 1)[0] if urlsplit(url).path not in ("", "/") else url.rstrip("/")
+        resolved = f"{base}/{index}"
+    elif port_open("127.0.0.1", 6379):
+        resolved = f"redis://127.0.0.1:6379/{index}"
+    else:
+        from sn.embedded import EmbeddedRedis
+
+        with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+            resolved = f"{server.url.rsplit('/', 1)[0]}/{index}"
+            redis.Redis.from_url(resolved).flushdb()
+            yield resolved
+        return
+    redis.Redis.from_url(resolved).flushdb()
+    yield resolved
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    # Provided by pytest-xdist when it runs; "master" otherwise.
+    workerinput: dict[str, Any] | None = getattr(request.config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else "master"
+
+
+@pytest.fixture(scope="session")
+def server_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "SN_DATABASE_URL": database_url,
+        "SN_REDIS_URL": redis_url,
+        "SN_JWT_SECRET": JWT_SECRET,
+        "SN_RATE_LIMIT_AUTH": "0",
+        "SN_RATE_LIMIT_WRITE": "0",
+        "SN_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(server_env, workers=2, log_path=tmp_path_factory.mktemp("server") / "server.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+def make_user(client: httpx.Client) -> Callable[..., User]:
+    def factory(**overrides: Any) -> User:
+        return register(client, **overrides)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    with contextlib.suppress(Exception):
+        r.close()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
