@@ -15,8 +15,8 @@ import asyncpg
 import msgspec
 import redis.exceptions
 from sanic import HTTPResponse, Request, Sanic
-from sanic.response import BaseHTTPResponse
 from sanic.exceptions import SanicException
+from sanic.response import BaseHTTPResponse
 
 from sn import logs
 from sn.api import dialogs, friends, health, openapi, posts, users

@@ -115,6 +115,9 @@ def read_dotenv(path: Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
+        else:
+            # Unquoted values may carry a trailing comment, as .env.example's do.
+            value = "" if value.startswith("#") else value.split(" #", 1)[0].split("\t#", 1)[0].strip()
         values[key] = value
     return values
 

@@ -39,8 +39,17 @@ def test_cors_preflight_and_simple(client: httpx.Client) -> None:
 def test_openapi_document_describes_every_route(client: httpx.Client) -> None:
     doc = client.get("/docs/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/login", "/user/register", "/user/get/{id}", "/user/search", "/friend/set/{user_id}",
-                 "/post/create", "/post/feed", "/dialog/{user_id}/send", "/dialog/{user_id}/list"):
+    for path in (
+        "/login",
+        "/user/register",
+        "/user/get/{id}",
+        "/user/search",
+        "/friend/set/{user_id}",
+        "/post/create",
+        "/post/feed",
+        "/dialog/{user_id}/send",
+        "/dialog/{user_id}/list",
+    ):
         assert path in doc["paths"], path
     register = doc["components"]["schemas"]["RegisterRequest"]
     assert set(register["required"]) >= {"first_name", "second_name", "birthdate", "password", "city"}

@@ -13,10 +13,13 @@ def test_post_lifecycle(client: httpx.Client, make_user: Callable[..., User]) ->
     created = client.post("/post/create", json={"text": "first post"}, headers=author.auth)
     assert created.status_code == 200
     post_id = created.json()
-    assert isinstance(post_id, str) and post_id.isdigit()
+    assert isinstance(post_id, str)
+    assert post_id.isdigit()
 
     got = client.get(f"/post/get/{post_id}").json()
-    assert got["id"] == post_id and got["text"] == "first post" and got["author_user_id"] == author.id
+    assert got["id"] == post_id
+    assert got["text"] == "first post"
+    assert got["author_user_id"] == author.id
     assert got["created_at"]
 
     assert client.put("/post/update", json={"id": post_id, "text": "edited"}, headers=author.auth).status_code == 200
@@ -47,8 +50,14 @@ def test_unknown_and_malformed_post_ids(client: httpx.Client, make_user: Callabl
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [({"text": ""}, "text"), ({"text": "   "}, "text"), ({"text": "x" * 10_001}, "10000"), ({"text": 5}, "text"),
-     ({}, "text"), ({"txt": "a"}, "text")],
+    [
+        ({"text": ""}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 10_001}, "10000"),
+        ({"text": 5}, "text"),
+        ({}, "text"),
+        ({"txt": "a"}, "text"),
+    ],
 )
 def test_create_rejects_bad_text(
     client: httpx.Client, make_user: Callable[..., User], body: dict[str, object], fragment: str

@@ -39,7 +39,9 @@ def test_register_login_get_roundtrip(client: httpx.Client) -> None:
     # Served from the cache the second time: identical, and never the email or the hash.
     again = client.get(f"/user/get/{user_id}").json()
     assert again == profile.json()
-    assert "email" not in again and "password" not in again and "password_hash" not in again
+    assert "email" not in again
+    assert "password" not in again
+    assert "password_hash" not in again
 
 
 def test_seed_login_path_and_interests_string(client: httpx.Client) -> None:
@@ -145,8 +147,13 @@ def test_search_treats_wildcards_literally(client: httpx.Client, make_user: Call
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"first_name": "a"}, {"first_name": "a", "last_name": "b", "limit": "0"},
-     {"first_name": "a", "last_name": "b", "limit": "1001"}, {"first_name": "a", "last_name": "b", "limit": "x"}],
+    [
+        {},
+        {"first_name": "a"},
+        {"first_name": "a", "last_name": "b", "limit": "0"},
+        {"first_name": "a", "last_name": "b", "limit": "1001"},
+        {"first_name": "a", "last_name": "b", "limit": "x"},
+    ],
 )
 def test_search_bad_params(client: httpx.Client, params: dict[str, str]) -> None:
     response = client.get("/user/search", params=params)

@@ -1,0 +1,97 @@
+"""FeedCache against a real Redis: states, rebuild races, trimming, paging."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from sn.storage.feed_cache import FeedCache, feed_key
+
+_user_ids = itertools.count(10_000_000)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cache(redis: Redis) -> FeedCache:
+    return FeedCache(redis, size=10, ttl_seconds=60)
+
+
+def keys(*ids: int) -> list[tuple[int, int]]:
+    return [(post_id, 7) for post_id in ids]
+
+
+async def test_absent_feed_is_a_miss_and_fanout_skips_it(cache: FeedCache, redis: Redis) -> None:
+    user = next(_user_ids)
+    assert not (await cache.page(user, offset=0, limit=5, before=None)).hit
+    assert await cache.add_post([user], 100, 7) == 0
+    assert not await redis.exists(feed_key(user))
+
+
+async def test_rebuild_then_fanout_then_page(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    await cache.begin_rebuild(user)
+    assert await cache.commit_rebuild(user, keys(30, 20, 10))
+    assert await cache.add_post([user], 40, 7) == 1
+    page = await cache.page(user, offset=0, limit=10, before=None)
+    assert page.hit
+    assert not page.exhausted
+    assert page.keys == keys(40, 30, 20, 10)
+    assert (await cache.page(user, offset=1, limit=2, before=None)).keys == keys(30, 20)
+    assert (await cache.page(user, offset=0, limit=10, before=30)).keys == keys(20, 10)
+
+
+async def test_post_fanned_out_during_rebuild_is_kept(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    await cache.begin_rebuild(user)
+    await cache.add_post([user], 50, 7)  # committed after the rebuild's query ran
+    assert await cache.commit_rebuild(user, keys(30, 20))
+    assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(50, 30, 20)
+
+
+async def test_invalidation_during_rebuild_discards_the_stale_result(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    await cache.begin_rebuild(user)
+    await cache.invalidate(user)  # a follow/unfollow while the rebuild was reading
+    assert not await cache.commit_rebuild(user, keys(30, 20))
+    assert not (await cache.page(user, offset=0, limit=10, before=None)).hit
+
+
+async def test_trim_keeps_newest_and_marks_partial(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    await cache.begin_rebuild(user)
+    await cache.commit_rebuild(user, keys(*range(90, 0, -10)))  # 9 posts: complete
+    short = await cache.page(user, offset=5, limit=10, before=None)
+    assert short.hit
+    assert not short.exhausted
+    for post_id in (100, 110, 120):
+        await cache.add_post([user], post_id, 7)
+    page = await cache.page(user, offset=0, limit=20, before=None)
+    assert page.keys == keys(*range(120, 20, -10))  # 10 newest kept
+    assert page.exhausted  # partial now: older posts must come from the database
+
+
+async def test_remove_posts_from_many_feeds(cache: FeedCache) -> None:
+    users = [next(_user_ids) for _ in range(3)]
+    for user in users:
+        await cache.begin_rebuild(user)
+        await cache.commit_rebuild(user, keys(30, 20, 10))
+    assert await cache.remove_posts(users, keys(20)) == 3
+    for user in users:
+        assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(30, 10)
+
+
+async def test_fanout_chunks_many_recipients(cache: FeedCache) -> None:
+    users = [next(_user_ids) for _ in range(FeedCache.CHUNK + 7)]
+    for user in users[::2]:
+        await cache.begin_rebuild(user)
+        await cache.commit_rebuild(user, [])
+    assert await cache.add_post(users, 99, 7) == len(users[::2])

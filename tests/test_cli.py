@@ -1,0 +1,116 @@
+"""`sn dev` from a clean var/: embedded servers, migrations, a working API, data kept across restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import FAST_HASHING, ROOT, free_port, port_open, user_payload
+
+pytestmark = pytest.mark.slow
+
+
+def _start_dev(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SN_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(FAST_HASHING)
+    env.update({"SN_PORT": str(port), "SN_HOST": "127.0.0.1", "SN_WORKERS": "2", "PYTHONPATH": str(ROOT)})
+    log = (workdir / "dev.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "sn", "dev"], cwd=workdir, env=env, stdout=log, stderr=log)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (workdir / "dev.log").read_text()
+        try:
+            # Both workers must be up: a Ctrl-C while a worker is still booting is a different test.
+            booted = (workdir / "dev.log").read_text().count("Worker ready") - (workdir / "dev.log").read_text().count(
+                "Worker complete"
+            )
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200 and booted >= 2:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("sn dev did not become ready:\n" + (workdir / "dev.log").read_text()[-3000:])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        # Never leave a spinning server behind a failed test.
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _embedded_ports(workdir: Path) -> list[int]:
+    """Ports of the embedded servers, from `sn dev`'s "embedded X at <url>" lines."""
+    found = re.findall(r"embedded \w+ at \w+://[^ ]*?:(\d+)/", (workdir / "dev.log").read_text())
+    return sorted({int(port) for port in found})
+
+
+def test_sn_dev_from_clean_var(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start_dev(tmp_path, port)
+    try:
+        _wait_ready(proc, port, tmp_path)
+        base = f"http://127.0.0.1:{port}"
+        body = user_payload()
+        registered = httpx.post(base + "/user/register", json=body, timeout=10)
+        assert registered.status_code == 200, registered.text
+        user_id = registered.json()["user_id"]
+    finally:
+        assert _stop(proc) == 0
+    assert (tmp_path / "var" / "pg" / "PG_VERSION").is_file()
+    assert (tmp_path / "var" / "redis").is_dir()
+    ports = _embedded_ports(tmp_path)
+    assert len(ports) == 2
+    assert not any(port_open("127.0.0.1", p) for p in ports)
+
+    proc = _start_dev(tmp_path, port)
+    try:
+        _wait_ready(proc, port, tmp_path)
+        login = httpx.post(f"http://127.0.0.1:{port}/login", json={"id": user_id, "password": body["password"]})
+        assert login.status_code == 200  # data (and the dev secret) survived the restart
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_serve_refuses_to_start_without_secret(database_url: str, redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SN_") and k != "JWT_SECRET"}
+    env.update({"SN_DATABASE_URL": database_url, "SN_REDIS_URL": redis_url, "SN_PORT": str(free_port())})
+    result = subprocess.run(
+        [sys.executable, "-m", "sn", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "SN_JWT_SECRET" in result.stderr
+
+
+def test_admin_token_is_signed_with_the_configured_secret() -> None:
+    import jwt
+
+    secret = "s" * 40
+    env = {**os.environ, "SN_JWT_SECRET": secret}
+    out = subprocess.run(
+        [sys.executable, "-m", "sn", "admin-token", "--user-id", "42"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    claims = jwt.decode(out, secret, algorithms=["HS256"])
+    assert claims["sub"] == "42"
+    assert claims["admin"] is True
