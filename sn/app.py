@@ -19,7 +19,8 @@ from sanic.exceptions import SanicException
 from sanic.response import BaseHTTPResponse
 
 from sn import logs
-from sn.api import dialogs, friends, health, openapi, posts, users
+from sn.actors.actions import CLOSE_GOING_AWAY
+from sn.api import dialogs, friends, health, monitoring, openapi, posts, users, ws
 from sn.context import Services
 from sn.errors import ApiError, ServiceUnavailable
 from sn.models import Message, ServerError
@@ -109,12 +110,24 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.ctx.settings = settings
     app.ctx.draining = False
 
-    for module in (users, friends, posts, dialogs, health, openapi):
+    app.config.WEBSOCKET_MAX_SIZE = ws.MAX_FRAME_BYTES  # larger client frames: closed with 1009
+
+    for module in (users, friends, posts, dialogs, health, openapi, ws, monitoring):
         app.blueprint(module.bp)
 
     @app.before_server_start
     async def start_services(app: Sanic[Any, Any]) -> None:
         app.ctx.services = await Services.start(settings)
+
+    @app.before_server_stop
+    async def drain(app: Sanic[Any, Any]) -> None:
+        # /ready turns 503 and new upgrades are refused; open sockets get "going away" so
+        # clients reconnect to another worker or pod.
+        app.ctx.draining = True
+        services: Services | None = getattr(app.ctx, "services", None)
+        if services is not None:
+            for actor in services.hub.all_sockets():
+                actor.shutdown(CLOSE_GOING_AWAY, "server shutting down")
 
     @app.after_server_stop
     async def stop_services(app: Sanic[Any, Any]) -> None:
@@ -156,6 +169,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
             )
 
     app.register_middleware(preflight, "request", priority=100)
+    app.register_middleware(ws.authenticate_upgrade, "request", priority=50)
     app.register_middleware(finish, "response", priority=100)
     app.error_handler.add(Exception, _error_response)
     return app

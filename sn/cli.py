@@ -29,6 +29,7 @@ def _serve(settings: Settings) -> None:
     if not settings.database_url or not settings.redis_url:
         raise SettingsError("SN_DATABASE_URL and SN_REDIS_URL must be set for `sn serve` (or run `sn dev`)")
     logs.configure(settings)
+    _prepare_metrics_dir(settings)
     loader = AppLoader(factory=create_app)
     app = loader.load()
     app.prepare(
@@ -41,6 +42,20 @@ def _serve(settings: Settings) -> None:
     )
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
     Sanic.serve(primary=app, app_loader=loader)
+
+
+def _prepare_metrics_dir(settings: Settings) -> None:
+    """prometheus-client multiprocess mode: workers write metric files into one shared directory,
+    which must exist (and be empty of a previous run's files) before any worker starts."""
+    import shutil
+    import tempfile
+
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="sn-metrics-"))
+    if configured and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def _publish(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Per-worker state: connections, repositories and services, built in a Sanic listener.
+"""Per-worker state: connections, repositories, services and actors, built in a Sanic listener.
 
 Workers are spawned processes: nothing here may be created at import time. `Services.start`
 runs in each worker's `before_server_start`; `Services.close` in `after_server_stop`.
@@ -7,23 +7,36 @@ runs in each worker's `before_server_start`; `Services.close` in `after_server_s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
 
+from sn.actors.fanout import CelebrityActor, FanoutConsumer, QueueRouter
+from sn.actors.hub import Hub
+from sn.actors.live_settings import CelebritySettings, LiveSettings
+from sn.actors.router import StreamRouter
+from sn.actors.service import SupervisedLoop
 from sn.auth import PasswordService, TokenService
 from sn.feed import FeedService
 from sn.ids import IdGenerator
+from sn.pipeline.bus import FeedBus
+from sn.pipeline.factory import create_bus
+from sn.pipeline.outbox import Outbox, OutboxRelay
 from sn.settings import Settings
 from sn.storage.cache import PostCache, ProfileCache
 from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
+from sn.storage.eventlog import EventLog
 from sn.storage.feed_cache import FeedCache
 from sn.storage.friends import FriendRepository
 from sn.storage.idlease import GeneratorLease
 from sn.storage.posts import PostRepository
+from sn.storage.presence import Presence
 from sn.storage.ratelimit import RateLimiter
+from sn.storage.social_cache import SocialCache
 from sn.storage.users import UserRepository
 
 log = logging.getLogger("sn.context")
@@ -46,7 +59,17 @@ class Services:
     post_cache: PostCache
     feeds: FeedCache
     feed: FeedService
+    social: SocialCache
     rate_limiter: RateLimiter
+    live: LiveSettings
+    bus: FeedBus
+    relay: OutboxRelay
+    hub: Hub
+    presence: Presence
+    eventlog: EventLog
+    fanout: FanoutConsumer
+    celebrity: CelebrityActor
+    loops: list[SupervisedLoop] = field(default_factory=list)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -58,17 +81,45 @@ class Services:
         pool = await create_pool(settings, settings.database_url)
         lease = GeneratorLease(redis)
         generator_id = await lease.acquire()
-        log.info("worker ready: id generator %d", generator_id)
-        posts = PostRepository(pool)
-        friends = FriendRepository(pool)
+        ids = IdGenerator(generator_id)
+        outbox = Outbox(ids.next_id)
+        posts = PostRepository(pool, outbox)
+        friends = FriendRepository(pool, outbox)
         post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds)
         feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds)
-        return cls(
+        author_posts = FeedCache(
+            redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, prefix="sn:authorposts:"
+        )
+        social = SocialCache(redis, friends)
+        live = LiveSettings(
+            redis,
+            CelebritySettings(
+                celebrity_threshold=settings.celebrity_threshold,
+                batch_size=settings.celebrity_batch_size,
+                batch_delay=settings.celebrity_batch_delay,
+            ),
+        )
+        await live.refresh()
+        feed = FeedService(
+            feeds=feeds,
+            author_posts=author_posts,
+            posts=posts,
+            post_cache=post_cache,
+            social=social,
+            celebrity_threshold=lambda: live.current.celebrity_threshold,
+        )
+        node_id = settings.node_id or socket.gethostname()
+        worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
+        bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
+        presence = Presence(redis)
+        eventlog = EventLog(redis)
+        hub = Hub(redis, presence, eventlog, node_id=node_id, worker_name=worker_name, following=social.following)
+        services = cls(
             settings=settings,
             pool=pool,
             redis=redis,
             lease=lease,
-            ids=IdGenerator(generator_id),
+            ids=ids,
             tokens=TokenService(settings.require_secret(), settings.jwt_ttl_seconds),
             passwords=PasswordService(
                 time_cost=settings.argon2_time_cost,
@@ -83,11 +134,68 @@ class Services:
             profiles=ProfileCache(redis, ttl_seconds=settings.profile_cache_ttl_seconds),
             post_cache=post_cache,
             feeds=feeds,
-            feed=FeedService(feeds=feeds, posts=posts, post_cache=post_cache, friends=friends),
+            feed=feed,
+            social=social,
             rate_limiter=RateLimiter(redis, window_seconds=settings.rate_limit_window_seconds),
+            live=live,
+            bus=bus,
+            relay=OutboxRelay(pool, bus, QueueRouter(social, live)),
+            hub=hub,
+            presence=presence,
+            eventlog=eventlog,
+            fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog),
+            celebrity=CelebrityActor(
+                redis=redis, feed=feed, social=social, presence=presence, eventlog=eventlog, live=live
+            ),
         )
+        await services._start_actors()
+        log.info("worker ready: id generator %d, stream %s, bus %s", generator_id, hub.stream_key, bus.kind)
+        return services
+
+    async def _start_actors(self) -> None:
+        await self.bus.start()
+        self.relay.start()
+        router = StreamRouter(self.redis, self.hub)
+        self.loops = [
+            SupervisedLoop("router", router.run),
+            SupervisedLoop("presence", self.hub.presence_loop),
+            SupervisedLoop("live-settings", self.live.poll),
+            SupervisedLoop("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64)),
+            # One celebrity fan-out at a time per worker: its batches are paced, not parallel.
+            SupervisedLoop("celebrity", lambda: self.bus.consume("celebrity", self.celebrity.handle, prefetch=1)),
+        ]
+        for loop in self.loops:
+            loop.start()
+        self.hub.extra_stats = lambda: {
+            "router": {"entries": router.entries, "claimed": router.claimed},
+            "fanout": self.fanout.stats(),
+            "celebrity": {"fanouts": self.celebrity.fanouts, "batches": self.celebrity.batches},
+            "relay": {
+                "published": self.relay.published,
+                "failures": self.relay.failures,
+                "last_error": self.relay.last_error,
+            },
+            "bus": self.bus.stats(),
+            "loops": {
+                loop.name: {
+                    "running": loop.running,
+                    "restarts": loop.restarts,
+                    "failed": loop.failed,
+                    "last_error": loop.last_error,
+                }
+                for loop in self.loops
+            },
+        }
 
     async def close(self) -> None:
+        for loop in self.loops:
+            await loop.stop()
+        await self.relay.stop()
+        await self.bus.close()
+        try:
+            await self.hub.withdraw()
+        except Exception as exc:  # Redis may be the reason we are stopping
+            log.debug("could not withdraw worker stats: %s", exc)
         self.passwords.close()
         await self.lease.release()
         await self.pool.close()

@@ -1,16 +1,20 @@
-"""Feed reads (cache first, rebuild on miss) and the cache maintenance every feed-changing write needs."""
+"""Feed reads (cache first, rebuild on miss, celebrities pulled on read) and cache maintenance."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from sn.models import Post
+from sn.pipeline.events import PostEvent
 from sn.storage.cache import PostCache
 from sn.storage.feed_cache import FeedCache
-from sn.storage.friends import FriendRepository
 from sn.storage.posts import PostRepository, PostRow
+from sn.storage.social_cache import SocialCache
 
 log = logging.getLogger("sn.feed")
+
+Keys = list[tuple[int, int]]  # (post_id, author_id), newest first
 
 
 def to_wire(row: PostRow) -> Post:
@@ -19,39 +23,74 @@ def to_wire(row: PostRow) -> Post:
 
 class FeedService:
     def __init__(
-        self, *, feeds: FeedCache, posts: PostRepository, post_cache: PostCache, friends: FriendRepository
+        self,
+        *,
+        feeds: FeedCache,
+        author_posts: FeedCache,
+        posts: PostRepository,
+        post_cache: PostCache,
+        social: SocialCache,
+        celebrity_threshold: Callable[[], int],
     ) -> None:
         self._feeds = feeds
+        self._author_posts = author_posts
         self._posts = posts
         self._post_cache = post_cache
-        self._friends = friends
+        self._social = social
+        self._threshold = celebrity_threshold
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> list[Post]:
-        cached = await self._feeds.page(user_id, offset=offset, limit=limit, before=before)
-        if cached.hit and not cached.exhausted:
-            keys = cached.keys
-        elif cached.hit:
-            # The page runs past the cached window: older posts live only in the database.
-            keys = await self._posts.feed_keys(
-                await self._friends.following(user_id), limit, before=before, offset=offset
-            )
-        else:
-            keys = await self._rebuild(user_id, offset=offset, limit=limit, before=before)
+        celebrities = await self._social.celebrities_followed(user_id, self._threshold())
+        if not celebrities:
+            return await self.bodies(await self._own_page(user_id, offset=offset, limit=limit, before=before))
+        # Celebrity posts are not fanned out into feeds (the Lady Gaga problem): merge each
+        # followed celebrity's newest posts into the page. Every source is read from the top
+        # of the window, so offsets stay exact.
+        window = offset + limit
+        merged = {key[0]: key for key in await self._own_page(user_id, offset=0, limit=window, before=before)}
+        for celebrity in celebrities:
+            for key in await self._recent_of(celebrity, window, before):
+                merged.setdefault(key[0], key)
+        keys = sorted(merged.values(), reverse=True)[offset:window]
         return await self.bodies(keys)
 
-    async def _rebuild(self, user_id: int, *, offset: int, limit: int, before: int | None) -> list[tuple[int, int]]:
-        await self._feeds.begin_rebuild(user_id)
-        following = await self._friends.following(user_id)
-        newest = await self._posts.feed_keys(following, self._feeds.size)
-        await self._feeds.commit_rebuild(user_id, [(post_id, author) for post_id, author in newest])
+    async def _own_page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> Keys:
+        cached = await self._feeds.page(user_id, offset=offset, limit=limit, before=before)
+        if cached.hit and not cached.exhausted:
+            return cached.keys
+        if cached.hit:
+            # The page runs past the cached window: older posts live only in the database.
+            following = await self._social.following(user_id)
+            return await self._posts.feed_keys(following, limit, before=before, offset=offset)
+        newest, following = await self._rebuild(user_id)
         window = [key for key in newest if before is None or key[0] < before]
         if len(newest) == self._feeds.size and offset + limit > len(window):
             return await self._posts.feed_keys(following, limit, before=before, offset=offset)
         return window[offset : offset + limit]
 
-    async def bodies(self, keys: list[tuple[int, int]]) -> list[Post]:
+    async def _rebuild(self, user_id: int) -> tuple[Keys, list[int]]:
+        await self._feeds.begin_rebuild(user_id)
+        following = await self._social.following(user_id)
+        newest = await self._posts.feed_keys(following, self._feeds.size)
+        await self._feeds.commit_rebuild(user_id, newest)
+        return newest, following
+
+    async def rebuild(self, user_id: int) -> None:
+        await self._rebuild(user_id)
+
+    async def _recent_of(self, author_id: int, limit: int, before: int | None) -> Keys:
+        cached = await self._author_posts.page(author_id, offset=0, limit=limit, before=before)
+        if cached.hit and not cached.exhausted:
+            return cached.keys
+        if not cached.hit:
+            await self._author_posts.begin_rebuild(author_id)
+            newest = await self._posts.recent_by_author(author_id, self._author_posts.size)
+            await self._author_posts.commit_rebuild(author_id, newest)
+        return await self._posts.recent_by_author(author_id, limit, before=before)
+
+    async def bodies(self, keys: Sequence[tuple[int, int]]) -> list[Post]:
         """Post bodies for (post_id, author_id) keys in order: one MGET, then the misses from the DB."""
         cached = await self._post_cache.get_many([post_id for post_id, _ in keys])
         missing = [key for key, post in zip(keys, cached, strict=True) if post is None]
@@ -68,22 +107,32 @@ class FeedService:
                 result.append(body)
         return result
 
-    # -- cache maintenance after writes ----------------------------------------------------------
+    # -- writes: the request path keeps what it just wrote readable at once ---------------------
 
-    async def post_created(self, row: PostRow) -> None:
-        await self._post_cache.put_many([to_wire(row)])
-        recipients = await self._friends.followers(row.author_id)
-        await self._feeds.add_post(recipients, row.id, row.author_id)
-
-    async def post_updated(self, row: PostRow) -> None:
-        # Feeds hold ids only: an edit changes the body, never a feed's membership or order.
+    async def post_written(self, row: PostRow) -> None:
         await self._post_cache.put_many([to_wire(row)])
 
-    async def post_deleted(self, post_id: int, author_id: int) -> None:
+    async def post_removed(self, post_id: int) -> None:
         await self._post_cache.forget(post_id)
-        recipients = await self._friends.followers(author_id)
-        await self._feeds.remove_posts(recipients, [(post_id, author_id)])
 
-    async def follow_changed(self, user_id: int) -> None:
+    async def follow_changed(self, user_id: int, friend_id: int) -> None:
+        # Synchronously, so the follower's next read is right; the pipeline then rebuilds it.
         # Dropping the feed also discards a rebuild racing with this change (see FeedCache).
         await self._feeds.invalidate(user_id)
+        await self._social.follow_changed(user_id, friend_id)
+
+    # -- writes: the pipeline's part --------------------------------------------------------------
+
+    async def apply(self, event: PostEvent, followers: Sequence[int] | None) -> None:
+        """Bring caches in line with a post event; `followers` None: do not touch their feeds."""
+        key = [(event.post_id, event.author_id)]
+        if event.type == "post_deleted":
+            await self._post_cache.forget(event.post_id)
+            await self._author_posts.remove_posts([event.author_id], key)
+            if followers:
+                await self._feeds.remove_posts(followers, key)
+            return
+        if event.type == "post_created":
+            await self._author_posts.add_post([event.author_id], event.post_id, event.author_id)
+            if followers:
+                await self._feeds.add_post(followers, event.post_id, event.author_id)

@@ -126,3 +126,22 @@ def register(client: httpx.Client, **overrides: Any) -> User:
     login = client.post("/login", json={"id": user_id, "password": body["password"]})
     assert login.status_code == 200, login.text
     return User(user_id, login.json()["token"], body["first_name"], body["second_name"])
+
+
+def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll `check()` until it returns a truthy value (the pipeline is asynchronous by design)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {result!r})")
+        time.sleep(interval)
+
+
+def admin_token(secret: str, user_id: str = "1") -> str:
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + 3600, "admin": True}, secret, algorithm="HS256")

@@ -8,7 +8,7 @@ import msgspec
 from sanic import HTTPResponse, Request
 
 from sn.context import Services
-from sn.errors import BadRequest, TooManyRequests, Unauthorized
+from sn.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from sn.ids import parse_id
 
 T = TypeVar("T")
@@ -97,6 +97,16 @@ def current_user(request: Request) -> int:
     if token is None:
         raise Unauthorized("missing bearer token")
     user_id, _ = services(request).tokens.verify(token)
+    return user_id
+
+
+def current_admin(request: Request) -> int:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    user_id, claims = services(request).tokens.verify(token)
+    if claims.get("admin") is not True:
+        raise Forbidden("admin token required (see `sn admin-token`)")
     return user_id
 
 

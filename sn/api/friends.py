@@ -26,7 +26,8 @@ async def set_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)
     if await app.friends.follow(me, friend):
-        await app.feed.follow_changed(me)
+        await app.feed.follow_changed(me, friend)
+        app.relay.nudge()
     return json_response(Message(message="friend added"))
 
 
@@ -35,5 +36,6 @@ async def delete_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)
     if await app.friends.unfollow(me, friend):
-        await app.feed.follow_changed(me)
+        await app.feed.follow_changed(me, friend)
+        app.relay.nudge()
     return json_response(Message(message="friend removed"))

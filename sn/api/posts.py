@@ -41,7 +41,8 @@ async def create(request: Request) -> HTTPResponse:
     body = decode_body(request, PostCreateRequest)
     text = text_field(body.text, name="text", max_chars=app.settings.post_max_chars)
     row = await app.posts.create(app.ids.next_id(), me, text)
-    await app.feed.post_created(row)
+    await app.feed.post_written(row)
+    app.relay.nudge()  # the outbox row committed with the post: publish it now
     # The spec's PostId: the response body is the id as a JSON string.
     return json_response(str(row.id))
 
@@ -57,7 +58,8 @@ async def update(request: Request) -> HTTPResponse:
     row = await app.posts.update(author, post_id, text)
     if row is None:
         raise NotFound("post not found")
-    await app.feed.post_updated(row)
+    await app.feed.post_written(row)
+    app.relay.nudge()
     return json_response(Message(message="post updated"))
 
 
@@ -69,7 +71,8 @@ async def delete(request: Request, post_id: str) -> HTTPResponse:
     author = await _owned_post_author(request, pid, me)
     if not await app.posts.delete(author, pid):
         raise NotFound("post not found")
-    await app.feed.post_deleted(pid, author)
+    await app.feed.post_removed(pid)
+    app.relay.nudge()
     return json_response(Message(message="post deleted"))
 
 

@@ -126,7 +126,10 @@ class FeedCache:
     # amortise round trips, small enough that one call never blocks Redis for long.
     CHUNK = 500
 
-    def __init__(self, redis: Redis, *, size: int, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, size: int, ttl_seconds: int, prefix: str = "sn:feed:") -> None:
+        # The same structure also caches each author's own newest posts (prefix
+        # "sn:authorposts:"), which feed reads merge in for celebrities.
+        self._prefix = prefix
         self._redis = redis
         self._size = size
         self._ttl = ttl_seconds
@@ -138,8 +141,11 @@ class FeedCache:
     def size(self) -> int:
         return self._size
 
+    def key(self, owner_id: int) -> str:
+        return f"{self._prefix}{owner_id}"
+
     async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> FeedPage:
-        key = feed_key(user_id)
+        key = self.key(user_id)
         upper = "(" + f"{before:019d}:" if before is not None else _REAL_MAX
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrange(key, "[" + COMPLETE, "[" + PARTIAL, bylex=True)
@@ -153,7 +159,7 @@ class FeedCache:
         return FeedPage(hit=True, keys=keys, exhausted=exhausted)
 
     async def begin_rebuild(self, user_id: int) -> None:
-        key = feed_key(user_id)
+        key = self.key(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, {BUILDING: 0})
             pipe.expire(key, self._ttl)
@@ -163,13 +169,13 @@ class FeedCache:
         """Store a rebuild's result: `keys` are (post_id, author_id), newest first, at most size."""
         complete = "1" if len(keys) < self._size else "0"
         args = [complete, str(self._ttl), str(self._size), *(member(p, a) for p, a in keys)]
-        return bool(await self._commit(keys=[feed_key(user_id)], args=args))
+        return bool(await self._commit(keys=[self.key(user_id)], args=args))
 
     async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:
         """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
         value = member(post_id, author_id)
         touched = 0
-        for chunk in _chunks([feed_key(r) for r in recipients], self.CHUNK):
+        for chunk in _chunks([self.key(r) for r in recipients], self.CHUNK):
             touched += int(await self._add(keys=chunk, args=[value, str(self._size)]))
         return touched
 
@@ -178,12 +184,12 @@ class FeedCache:
             return 0
         values = [member(p, a) for p, a in posts]
         removed = 0
-        for chunk in _chunks([feed_key(r) for r in recipients], self.CHUNK):
+        for chunk in _chunks([self.key(r) for r in recipients], self.CHUNK):
             removed += int(await self._remove(keys=chunk, args=values))
         return removed
 
     async def invalidate(self, user_id: int) -> None:
-        await self._redis.delete(feed_key(user_id))
+        await self._redis.delete(self.key(user_id))
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncpg
 
+from sn.pipeline.events import FollowEvent
+from sn.pipeline.outbox import Outbox
+
 
 class FriendRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox | None = None) -> None:
         self._pool = pool
+        self._outbox = outbox
 
     async def follow(self, user_id: int, friend_id: int) -> bool:
         """True when the relation is new (False: it already existed; idempotent)."""
@@ -26,6 +30,8 @@ class FriendRepository:
                 friend_id,
                 user_id,
             )
+            if created and self._outbox is not None:
+                await self._outbox.add(conn, FollowEvent(user_id=user_id, friend_id=friend_id, followed=True))
         return bool(created)
 
     async def unfollow(self, user_id: int, friend_id: int) -> bool:
@@ -36,6 +42,8 @@ class FriendRepository:
                 friend_id,
             )
             await conn.execute("DELETE FROM followers WHERE author_id = $1 AND follower_id = $2", friend_id, user_id)
+            if removed and self._outbox is not None:
+                await self._outbox.add(conn, FollowEvent(user_id=user_id, friend_id=friend_id, followed=False))
         return bool(removed)
 
     async def following(self, user_id: int) -> list[int]:

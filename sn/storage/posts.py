@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from sn.pipeline.events import PostEvent
+from sn.pipeline.outbox import Outbox
+
 
 @dataclass(frozen=True, slots=True)
 class PostRow:
@@ -20,9 +23,27 @@ def _to_post(row: asyncpg.Record) -> PostRow:
     return PostRow(id=row["id"], author_id=row["author_id"], text=row["text"], created_at=row["created_at"])
 
 
+def created_at_text(value: dt.datetime) -> str:
+    """The API's rendering of a timestamp (msgspec's), so events and REST responses agree."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def post_event(kind: str, row: PostRow) -> PostEvent:
+    return PostEvent(
+        type=kind,  # type: ignore[arg-type]
+        post_id=row.id,
+        author_id=row.author_id,
+        text=row.text,
+        created_at=created_at_text(row.created_at),
+    )
+
+
 class PostRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """Every write also records its feed event in the outbox, in the same transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox | None = None) -> None:
         self._pool = pool
+        self._outbox = outbox
 
     async def create(self, post_id: int, author_id: int, text: str) -> PostRow:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -33,8 +54,11 @@ class PostRepository:
                 text,
             )
             await conn.execute("INSERT INTO post_index (id, author_id) VALUES ($1, $2)", post_id, author_id)
-        assert row is not None
-        return _to_post(row)
+            assert row is not None
+            post = _to_post(row)
+            if self._outbox is not None:
+                await self._outbox.add(conn, post_event("post_created", post))
+        return post
 
     async def author_of(self, post_id: int) -> int | None:
         value = await self._pool.fetchval("SELECT author_id FROM post_index WHERE id = $1", post_id)
@@ -62,14 +86,20 @@ class PostRepository:
         return [_to_post(row) for row in rows]
 
     async def update(self, author_id: int, post_id: int, text: str) -> PostRow | None:
-        row = await self._pool.fetchrow(
-            "UPDATE posts SET text = $3, updated_at = now() WHERE author_id = $1 AND id = $2"
-            " RETURNING id, author_id, text, created_at",
-            author_id,
-            post_id,
-            text,
-        )
-        return _to_post(row) if row is not None else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE posts SET text = $3, updated_at = now() WHERE author_id = $1 AND id = $2"
+                " RETURNING id, author_id, text, created_at",
+                author_id,
+                post_id,
+                text,
+            )
+            if row is None:
+                return None
+            post = _to_post(row)
+            if self._outbox is not None:
+                await self._outbox.add(conn, post_event("post_updated", post))
+        return post
 
     async def delete(self, author_id: int, post_id: int) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -77,6 +107,8 @@ class PostRepository:
                 "DELETE FROM posts WHERE author_id = $1 AND id = $2 RETURNING true", author_id, post_id
             )
             await conn.execute("DELETE FROM post_index WHERE id = $1", post_id)
+            if deleted and self._outbox is not None:
+                await self._outbox.add(conn, PostEvent(type="post_deleted", post_id=post_id, author_id=author_id))
         return bool(deleted)
 
     async def feed_keys(
@@ -99,8 +131,11 @@ class PostRepository:
         )
         return [(row["id"], row["author_id"]) for row in rows]
 
-    async def recent_by_author(self, author_id: int, limit: int) -> list[tuple[int, int]]:
+    async def recent_by_author(self, author_id: int, limit: int, before: int | None = None) -> list[tuple[int, int]]:
         rows = await self._pool.fetch(
-            "SELECT id, author_id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2", author_id, limit
+            "SELECT id, author_id FROM posts WHERE author_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            author_id,
+            before if before is not None else (1 << 63) - 1,
+            limit,
         )
         return [(row["id"], row["author_id"]) for row in rows]

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.support import User
+from tests.support import User, eventually
 
 
 def test_follow_is_idempotent_and_unfollow_too(client: httpx.Client, make_user: Callable[..., User]) -> None:
@@ -13,7 +13,7 @@ def test_follow_is_idempotent_and_unfollow_too(client: httpx.Client, make_user: 
         response = client.put(f"/friend/set/{friend.id}", headers=me.auth)
         assert response.status_code == 200, response.text
     post_id = client.post("/post/create", json={"text": "visible"}, headers=friend.auth).json()
-    assert [p["id"] for p in client.get("/post/feed", headers=me.auth).json()] == [post_id]
+    eventually(lambda: [p["id"] for p in client.get("/post/feed", headers=me.auth).json()] == [post_id])
     for _ in range(2):
         assert client.put(f"/friend/delete/{friend.id}", headers=me.auth).status_code == 200
     assert client.get("/post/feed", headers=me.auth).json() == []

@@ -1,0 +1,177 @@
+"""The fan-out consumer (bus queue `feed`) and the celebrity actor (bus queue `celebrity`).
+
+Normal authors: the post id goes into each follower's cached feed (one Lua call per 500
+followers, only feeds that exist), then one routing script call delivers to every worker stream
+holding an online follower. The event body is encoded once for all recipients.
+
+Celebrities (follower count >= the live threshold): the post is not copied into follower feeds
+(readers pull it, see FeedService); online followers are notified in batches of `batch_size`
+with `batch_delay` between batches. The celebrity queue is separate and consumed one message at
+a time, so a celebrity backlog never delays normal posts, and the pauses between batches yield
+the event loop to everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from sn.actors.live_settings import LiveSettings
+from sn.actors.messages import Event, event_to_json
+from sn.feed import FeedService
+from sn.ids import timestamp_ms
+from sn.metrics import metrics
+from sn.pipeline import events
+from sn.pipeline.bus import Queue
+from sn.storage.eventlog import EventLog
+from sn.storage.presence import Presence
+from sn.storage.social_cache import SocialCache
+
+log = logging.getLogger("sn.actors.fanout")
+
+CELEB_STATS = "sn:celeb:stats"
+CELEB_RUNNING = "sn:celeb:running"
+CELEB_RECENT = "sn:celeb:recent"
+
+
+def realtime_body(event: events.PostEvent) -> bytes:
+    """The event as the routers decode it; event_id is filled in per routing call."""
+    return event_to_json(
+        Event(
+            event_id=0,
+            type=event.type,
+            post_id=str(event.post_id),
+            author_user_id=str(event.author_id),
+            post_text=event.text,
+            created_at=event.created_at,
+        )
+    )
+
+
+class QueueRouter:
+    """Decides which bus queue an event travels on (used by the outbox relay)."""
+
+    def __init__(self, social: SocialCache, live: LiveSettings) -> None:
+        self._social = social
+        self._live = live
+
+    async def __call__(self, event: events.PipelineEvent) -> Queue:
+        if isinstance(event, events.PostEvent):
+            count = await self._social.follower_count(event.author_id)
+            if count >= self._live.current.celebrity_threshold:
+                return "celebrity"
+        return "feed"
+
+
+class FanoutConsumer:
+    def __init__(self, *, feed: FeedService, social: SocialCache, presence: Presence, eventlog: EventLog) -> None:
+        self._feed = feed
+        self._social = social
+        self._presence = presence
+        self._eventlog = eventlog
+        self.handled = 0
+        self.latencies: deque[float] = deque(maxlen=1000)
+
+    async def handle(self, raw: bytes) -> None:
+        event = events.decode(raw)
+        if isinstance(event, events.FollowEvent):
+            await self._social.follow_changed(event.user_id, event.friend_id)
+            # Warm the follower's feed so their next read is a cache hit.
+            await self._feed.rebuild(event.user_id)
+        else:
+            followers = await self._social.followers(event.author_id)
+            await self._feed.apply(event, followers)
+            online = await self._presence.locate(followers)
+            await self._eventlog.route(realtime_body(event), event.author_id, online)
+            if event.type == "post_created":  # the id's timestamp is the post's creation time
+                lag = time.time() - timestamp_ms(event.post_id) / 1000
+                metrics().fanout_latency.observe(lag)
+                metrics().queue_lag.set(lag)
+        self.handled += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"handled": self.handled}
+
+
+class CelebrityActor:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        feed: FeedService,
+        social: SocialCache,
+        presence: Presence,
+        eventlog: EventLog,
+        live: LiveSettings,
+    ) -> None:
+        self._redis = redis
+        self._feed = feed
+        self._social = social
+        self._presence = presence
+        self._eventlog = eventlog
+        self._live = live
+        self.fanouts = 0
+        self.batches = 0
+
+    async def handle(self, raw: bytes) -> None:
+        event = events.decode(raw)
+        if not isinstance(event, events.PostEvent):
+            return
+        settings = await self._live.refresh()
+        started = time.time()
+        await self._feed.apply(event, followers=None)  # pull on read: only the author's own list
+        followers = await self._social.followers(event.author_id)
+        online = await self._presence.locate(followers)
+        pairs = [(stream, user) for stream, users in online.items() for user in users]
+        job = f"{event.type}:{event.post_id}"
+        body = realtime_body(event)
+        progress = {
+            "author_id": str(event.author_id),
+            "post_id": str(event.post_id),
+            "type": event.type,
+            "followers": len(followers),
+            "online": len(pairs),
+            "sent": 0,
+            "started_at": started,
+        }
+        await self._redis.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
+        batches = 0
+        try:
+            for start in range(0, max(len(pairs), 1), settings.batch_size):
+                batch: dict[str, list[int]] = {}
+                for stream, user in pairs[start : start + settings.batch_size]:
+                    batch.setdefault(stream, []).append(user)
+                await self._eventlog.route(body, event.author_id, batch)
+                batches += 1
+                progress["sent"] = min(start + settings.batch_size, len(pairs))
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.hincrby(CELEB_STATS, "batches_sent", 1)
+                    pipe.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
+                    await pipe.execute()
+                if start + settings.batch_size < len(pairs):
+                    await asyncio.sleep(settings.batch_delay)
+        finally:
+            await self._redis.hdel(CELEB_RUNNING, job)
+        duration = time.time() - started
+        summary = {**progress, "batches": batches, "duration_seconds": round(duration, 3), "finished_at": time.time()}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(CELEB_STATS, "fanouts_completed", 1)
+            pipe.lpush(CELEB_RECENT, msgspec.json.encode(summary))
+            pipe.ltrim(CELEB_RECENT, 0, 19)
+            await pipe.execute()
+        self.fanouts += 1
+        self.batches += batches
+        log.info(
+            "celebrity fan-out %s: %d online of %d followers, %d batches, %.2fs",
+            job,
+            len(pairs),
+            len(followers),
+            batches,
+            duration,
+        )

@@ -1,0 +1,213 @@
+"""The per-worker hub: this worker's sockets by user, its presence heartbeats and its stats.
+
+One hub per worker process (Zulip's per-process event queue, with a presence map in Redis).
+The router delivers into it; /stats reads what every worker's hub publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from sn.actors.encoding import PayloadCache
+from sn.actors.history import Resync
+from sn.actors.messages import Event, event_from_json
+from sn.actors.socket import SocketActor
+from sn.metrics import metrics
+from sn.storage.eventlog import EventLog
+from sn.storage.presence import Presence
+
+log = logging.getLogger("sn.actors.hub")
+
+WORKERS_KEY = "sn:rt:workers"
+STATS_TTL_SECONDS = 15.0
+STATS_INTERVAL_SECONDS = 1.0
+
+
+class WorkerStats(msgspec.Struct):
+    worker: str
+    node: str
+    pid: int
+    connections: int
+    users: int
+    delivered: int
+    slow_consumer_closes: int
+    accepted: int
+    updated_at: float
+    extra: dict[str, Any] = {}
+
+
+class Hub:
+    def __init__(
+        self,
+        redis: Redis,
+        presence: Presence,
+        eventlog: EventLog,
+        *,
+        node_id: str,
+        worker_name: str,
+        following: Callable[[int], Coroutine[Any, Any, list[int]]],
+        replay_limit: int = 100,
+    ) -> None:
+        self._redis = redis
+        self._presence = presence
+        self._eventlog = eventlog
+        self._following = following
+        self._replay_limit = replay_limit
+        self.node_id = node_id
+        self.worker_name = worker_name
+        self.stream_key = f"sn:rt:stream:{node_id}:{worker_name}"
+        self._by_user: dict[int, set[SocketActor]] = {}
+        self.connections = 0
+        self.accepted = 0
+        self.delivered = 0
+        self.slow_consumer_closes = 0
+        self.extra_stats: Callable[[], dict[str, Any]] = dict
+        self._pending_presence: set[int] = set()
+        # Cluster-wide counts as of the last heartbeat, for a connection's get_stats reply
+        # (the state machine asks synchronously, so this cannot be a Redis call).
+        self.cluster: dict[str, Any] = {}
+        self._presence_dirty = asyncio.Event()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def add(self, actor: SocketActor) -> None:
+        sockets = self._by_user.setdefault(actor.user_id, set())
+        sockets.add(actor)
+        self.connections += 1
+        self.accepted += 1
+        metrics().connections.inc()
+        if len(sockets) == 1:
+            # Announce promptly (a post a moment later must find this user); batched with
+            # other new arrivals so a reconnect storm costs few Redis calls.
+            self._pending_presence.add(actor.user_id)
+            self._presence_dirty.set()
+
+    def remove(self, actor: SocketActor) -> None:
+        sockets = self._by_user.get(actor.user_id)
+        if sockets is None or actor not in sockets:
+            return
+        sockets.discard(actor)
+        self.connections -= 1
+        metrics().connections.dec()
+        if not sockets:
+            del self._by_user[actor.user_id]
+            self._pending_presence.discard(actor.user_id)
+            task = asyncio.get_running_loop().create_task(self._presence.leave(actor.user_id, self.stream_key))
+            task.add_done_callback(_ignore_result)
+
+    def slow_consumer_closed(self) -> None:
+        self.slow_consumer_closes += 1
+        metrics().slow_consumer_closes.inc()
+
+    @property
+    def users(self) -> int:
+        return len(self._by_user)
+
+    def sockets_of(self, user_id: int) -> set[SocketActor]:
+        return self._by_user.get(user_id, set())
+
+    def all_sockets(self) -> list[SocketActor]:
+        return [actor for sockets in self._by_user.values() for actor in sockets]
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def deliver(self, event: Event, recipients: Sequence[int], payloads: PayloadCache) -> int:
+        count = 0
+        for user_id in recipients:
+            for actor in tuple(self._by_user.get(user_id, ())):
+                actor.deliver(event, payloads)
+                count += 1
+        return count
+
+    async def missed_events(self, user_id: int, since: int) -> list[Event] | Resync:
+        authors = set(await self._following(user_id))
+        replay = await self._eventlog.replay(since, authors, limit=self._replay_limit)
+        if replay.gap:
+            return Resync(since, replay.oldest_available)
+        seen: set[tuple[str, str]] = set()
+        events: list[Event] = []
+        for event_id, body in replay.events:
+            event = msgspec.structs.replace(event_from_json(body), event_id=event_id)
+            # A celebrity post is logged once per notification batch: replay it once.
+            key = (event.type, event.post_id)
+            if key not in seen:
+                seen.add(key)
+                events.append(event)
+        return events
+
+    # -- heartbeats --------------------------------------------------------------------------
+
+    async def presence_loop(self) -> None:
+        """New users are announced at once; everyone is refreshed every ttl/3; stats every second."""
+        refresh_every = self._presence.ttl / 3
+        next_refresh = next_stats = time.monotonic()
+        while True:
+            timeout = max(0.0, min(next_refresh, next_stats) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._presence_dirty.wait(), timeout=timeout)
+            self._presence_dirty.clear()
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._pending_presence.clear()
+                await self._presence.refresh(list(self._by_user), self.stream_key)
+                next_refresh = now + refresh_every
+            elif self._pending_presence:
+                batch, self._pending_presence = self._pending_presence, set()
+                await self._presence.refresh([u for u in batch if u in self._by_user], self.stream_key)
+            if now >= next_stats:
+                await self.publish_stats()
+                next_stats = now + STATS_INTERVAL_SECONDS
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            worker=self.stream_key,
+            node=self.node_id,
+            pid=os.getpid(),
+            connections=self.connections,
+            users=self.users,
+            delivered=self.delivered,
+            slow_consumer_closes=self.slow_consumer_closes,
+            accepted=self.accepted,
+            updated_at=time.time(),
+            extra=self.extra_stats(),
+        )
+
+    async def publish_stats(self) -> None:
+        await self._redis.hset(WORKERS_KEY, self.stream_key, msgspec.json.encode(self.stats()))
+        workers = await cluster_stats(self._redis)
+        self.cluster = {
+            "total_connections": sum(w.connections for w in workers),
+            "active_users": sum(w.users for w in workers),
+            "workers": len(workers),
+        }
+
+    async def withdraw(self) -> None:
+        await self._redis.hdel(WORKERS_KEY, self.stream_key)
+
+
+async def cluster_stats(redis: Redis) -> list[WorkerStats]:
+    """Every live worker's last published stats (entries older than the TTL are dead workers)."""
+    raw = await redis.hgetall(WORKERS_KEY)
+    now = time.time()
+    alive = []
+    for field, value in raw.items():
+        stats = msgspec.json.decode(value, type=WorkerStats)
+        if now - stats.updated_at <= STATS_TTL_SECONDS:
+            alive.append(stats)
+        else:
+            await redis.hdel(WORKERS_KEY, field)
+    return sorted(alive, key=lambda s: s.worker)
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("presence update failed: %s", task.exception())

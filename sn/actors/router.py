@@ -1,0 +1,95 @@
+"""The router actor: reads this worker's Redis stream and delivers into connection mailboxes.
+
+Entries are written by `EventLog.route` (one per batch of recipients on this worker). The
+router reads with a consumer group (XREADGROUP COUNT >= 100), delivers, then XACKs the batch.
+A worker that died with entries read but not acknowledged leaves them pending under its old
+consumer name; the restarted worker (same stream key: node id + Sanic worker name) claims
+them with XAUTOCLAIM, and the connection state machines drop anything already delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import msgspec
+import redis.exceptions
+from redis.asyncio import Redis
+
+from sn.actors.encoding import PayloadCache
+from sn.actors.hub import Hub
+from sn.actors.messages import event_from_json
+
+log = logging.getLogger("sn.actors.router")
+
+GROUP = "router"
+READ_COUNT = 200
+CLAIM_IDLE_MS = 10_000
+
+
+class StreamRouter:
+    def __init__(self, redis: Redis, hub: Hub, *, consumer: str | None = None) -> None:
+        self._redis = redis
+        self._hub = hub
+        self._stream = hub.stream_key
+        self._consumer = consumer or f"pid-{os.getpid()}"
+        self.entries = 0
+        self.claimed = 0
+        self.lag_ms = 0.0
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._stream, GROUP, id="$", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[bytes]:
+        payloads = PayloadCache()  # one encode per event body for the whole batch
+        ids = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            event = msgspec.structs.replace(event_from_json(fields[b"b"]), event_id=int(fields[b"e"]))
+            recipients = [int(r) for r in fields[b"r"].split(b",") if r]
+            self._hub.deliver(event, recipients, payloads)
+        self.entries += len(entries)
+        return ids
+
+    async def _claim_stuck(self) -> None:
+        start = "0-0"
+        while True:
+            result: Any = await self._redis.xautoclaim(
+                self._stream, GROUP, self._consumer, CLAIM_IDLE_MS, start_id=start, count=READ_COUNT
+            )
+            start, entries = result[0], result[1]
+            if entries:
+                self.claimed += len(entries)
+                await self._redis.xack(self._stream, GROUP, *self._deliver(entries))
+            if start in (b"0-0", "0-0") or not entries:
+                return
+
+    async def run(self) -> None:
+        await self._ensure_group()
+        await self._claim_stuck()
+        rounds = 0
+        while True:
+            try:
+                response: Any = await self._redis.xreadgroup(
+                    GROUP, self._consumer, {self._stream: ">"}, count=READ_COUNT, block=1000
+                )
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # stream expired or was trimmed away while idle
+                    await self._ensure_group()
+                    continue
+                raise
+            for _stream, entries in response or ():
+                if entries:
+                    ids = self._deliver(entries)
+                    await self._redis.xack(self._stream, GROUP, *ids)
+            rounds += 1
+            if rounds % 50 == 0:
+                await self._claim_stuck()
+            # Yield even when the stream is busy, so socket writers get the loop.
+            await asyncio.sleep(0)

@@ -1,0 +1,114 @@
+"""The connection actor: one per WebSocket, a thin adapter around `ConnectionState`.
+
+Its mailbox is the state machine's bounded outbox; its one task is the writer draining it.
+The router puts events in (never blocking: a full outbox is a slow consumer, closed with 4008),
+the reader loop feeds client frames to the state machine and performs the replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sn.actors.actions import Action, Close, SendText
+from sn.actors.connection import ConnectionState
+from sn.actors.encoding import PayloadCache
+from sn.actors.history import Resync
+from sn.actors.messages import Event
+from sn.metrics import metrics
+
+if TYPE_CHECKING:
+    from sn.actors.hub import Hub
+
+log = logging.getLogger("sn.actors.socket")
+
+
+class WebSocket(Protocol):
+    """What we use of Sanic's websocket (kept narrow so the adapter is testable with a real one)."""
+
+    async def send(self, data: str | bytes) -> None: ...
+    async def recv(self, timeout: float | None = None) -> str | bytes | None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def fail_connection(self, code: int = 1006, reason: str = "") -> bool: ...
+
+
+class SocketActor:
+    __slots__ = ("_wake", "_writer", "hub", "state", "user_id", "ws")
+
+    def __init__(self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        self.state = state
+        self.hub = hub
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    def deliver(self, event: Event, payloads: PayloadCache) -> None:
+        """Called by the router; never awaits, so one slow socket cannot hold up the others."""
+        actions = self.state.deliver(event, payloads)
+        if actions:
+            self._closing(actions)
+        elif self.state.pending:
+            self._wake.set()
+
+    def replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
+        actions = self.state.replay(since, missed, PayloadCache())
+        if actions:
+            self._closing(actions)
+        self._wake.set()
+
+    def shutdown(self, code: int, reason: str) -> None:
+        self._closing(self.state.close(code, reason))
+
+    def _closing(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Close):
+                if self.state.slow_consumer:
+                    self.hub.slow_consumer_closed()
+                # Synchronous: sends the close frame and drops the connection even if the
+                # client stopped reading (an awaited close could wait forever on its buffer).
+                self.ws.fail_connection(action.code, action.reason)
+        self._wake.set()
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendText):
+                await self.ws.send(action.payload.decode())
+            else:
+                self._closing([action])
+
+    async def _write_loop(self) -> None:
+        while not self.state.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            for frame in self.state.frames_to_send(64):
+                await self.ws.send(frame.decode())
+                self.hub.delivered += 1
+                metrics().messages_delivered.inc()
+            if self.state.pending:
+                self._wake.set()
+
+    async def run(self, *, since: int | None, now: float) -> None:
+        await self._perform(self.state.welcome(now))
+        self.hub.add(self)
+        try:
+            if since is not None:
+                self.replay(since, await self.hub.missed_events(self.user_id, since))
+            self._writer = asyncio.create_task(self._write_loop())
+            while not self.state.closed:
+                message = await self.ws.recv()
+                if message is None:  # closed by the peer
+                    break
+                await self._perform(self.state.received_text(message))
+        finally:
+            self.hub.remove(self)
+            if self._writer is not None:
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._writer
+
+    def describe(self) -> dict[str, Any]:
+        return {"user_id": str(self.user_id), "pending": self.state.pending, "closed": self.state.closed}

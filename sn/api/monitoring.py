@@ -1,0 +1,122 @@
+"""Operators' endpoints: /stats, /celebrity-stats, /celebrity-settings, /test-post, /metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from sanic import Blueprint, HTTPResponse, Request
+
+from sn.actors.fanout import CELEB_RECENT, CELEB_RUNNING, CELEB_STATS
+from sn.actors.hub import cluster_stats
+from sn.actors.live_settings import CelebritySettings
+from sn.actors.messages import Event, event_to_json
+from sn.api.common import current_admin, decode_body, json_response, path_id, services
+from sn.metrics import render
+
+bp = Blueprint("monitoring")
+
+
+class CelebritySettingsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    celebrity_threshold: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    batch_delay: Annotated[float, msgspec.Meta(ge=0, le=60)] | None = None
+
+
+class TestPostRequest(msgspec.Struct):
+    post_id: str
+    author_user_id: str
+    post_text: Annotated[str, msgspec.Meta(max_length=10_000)]
+
+
+@bp.get("/stats")
+async def stats(request: Request) -> HTTPResponse:
+    app = services(request)
+    workers = await cluster_stats(app.redis)
+    live = await app.live.refresh()
+    celebrities = await app.social.celebrities(live.celebrity_threshold, limit=100_000)
+    outbox_pending = await app.relay.pending()
+    body: dict[str, Any] = {
+        "websocket": {
+            "total_connections": sum(w.connections for w in workers),
+            "active_users": sum(w.users for w in workers),
+            "connections_per_worker": {w.worker: w.connections for w in workers},
+            "messages_delivered": sum(w.delivered for w in workers),
+            "slow_consumer_closes": sum(w.slow_consumer_closes for w in workers),
+        },
+        "feed_processor": {
+            "is_running": bool(workers)
+            and all(w.extra.get("loops", {}).get("fanout", {}).get("running") for w in workers),
+            "bus": app.bus.kind,
+            "rabbitmq_connected": app.bus.connected if app.bus.kind == "rabbitmq" else None,
+            "bus_connected": app.bus.connected,
+            "outbox_pending": outbox_pending,
+            "events_handled": sum(w.extra.get("fanout", {}).get("handled", 0) for w in workers),
+        },
+        "celebrity_handler": {
+            "threshold": live.celebrity_threshold,
+            "batch_size": live.batch_size,
+            "batch_delay": live.batch_delay,
+            "total_celebrities": len(celebrities),
+        },
+        "workers": [msgspec.structs.asdict(w) for w in workers],
+    }
+    return json_response(body)
+
+
+@bp.get("/celebrity-stats")
+async def celebrity_stats(request: Request) -> HTTPResponse:
+    app = services(request)
+    live = await app.live.refresh()
+    celebrities = await app.social.celebrities(live.celebrity_threshold)
+    raw_counters: dict[bytes, bytes] = await app.redis.hgetall(CELEB_STATS)  # type: ignore[assignment]
+    counters = {k.decode(): int(v) for k, v in raw_counters.items()}
+    running = [msgspec.json.decode(v) for v in (await app.redis.hgetall(CELEB_RUNNING)).values()]
+    recent = [msgspec.json.decode(v) for v in await app.redis.lrange(CELEB_RECENT, 0, -1)]
+    return json_response(
+        {
+            "settings": msgspec.structs.asdict(live),
+            "celebrities": [{"user_id": str(u), "followers": n} for u, n in celebrities],
+            "fanouts_in_progress": running,
+            "batches_sent": counters.get("batches_sent", 0),
+            "fanouts_completed": counters.get("fanouts_completed", 0),
+            "recent_fanouts": recent,
+        }
+    )
+
+
+@bp.post("/celebrity-settings")
+async def celebrity_settings(request: Request) -> HTTPResponse:
+    app = services(request)
+    current_admin(request)
+    body = decode_body(request, CelebritySettingsRequest)
+    current = await app.live.refresh()
+    updated = CelebritySettings(
+        celebrity_threshold=body.celebrity_threshold or current.celebrity_threshold,
+        batch_size=body.batch_size or current.batch_size,
+        batch_delay=body.batch_delay if body.batch_delay is not None else current.batch_delay,
+    )
+    await app.live.store(updated)  # every worker picks it up within a second
+    return json_response({"message": "settings updated", "settings": msgspec.structs.asdict(updated)})
+
+
+@bp.post("/test-post")
+async def test_post(request: Request) -> HTTPResponse:
+    app = services(request)
+    current_admin(request)
+    body = decode_body(request, TestPostRequest)
+    author = path_id(body.author_user_id, "author_user_id")
+    path_id(body.post_id, "post_id")
+    followers = await app.social.followers(author)
+    online = await app.presence.locate(followers)
+    event = Event(
+        event_id=0, type="post_created", post_id=body.post_id, author_user_id=str(author), post_text=body.post_text
+    )
+    event_id = await app.eventlog.route(event_to_json(event), author, online)
+    recipients = sum(len(users) for users in online.values())
+    return json_response({"message": "test post delivered", "event_id": event_id, "online_followers": recipients})
+
+
+@bp.get("/metrics")
+async def prometheus(request: Request) -> HTTPResponse:
+    return HTTPResponse(render(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,60 @@
+"""Prometheus metrics (prometheus-client in multiprocess mode: every worker writes its own files,
+/metrics on any worker aggregates them all).
+
+Created on first use inside a worker, never at import: the primary process sets
+PROMETHEUS_MULTIPROC_DIR before spawning workers, and metric values are per-process files.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # registry=None: in multiprocess mode values live in files; the collector reads them.
+        self.connections = Gauge(
+            "sn_ws_connections", "Open WebSocket connections", registry=None, multiprocess_mode="livesum"
+        )
+        self.messages_delivered = Counter("sn_ws_messages_delivered", "Event frames written to sockets", registry=None)
+        self.slow_consumer_closes = Counter(
+            "sn_ws_slow_consumer_closes", "Connections closed because their mailbox was full", registry=None
+        )
+        self.fanout_latency = Histogram(
+            "sn_fanout_latency_seconds",
+            "Post commit to routing done, per fan-out",
+            registry=None,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.queue_lag = Gauge(
+            "sn_pipeline_lag_seconds",
+            "Age of the last consumed pipeline message",
+            registry=None,
+            multiprocess_mode="max",
+        )
+        self.outbox_published = Counter("sn_outbox_published", "Outbox rows published to the bus", registry=None)
+
+
+@cache
+def metrics() -> Metrics:
+    return Metrics()
+
+
+def render() -> bytes:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:  # single process without the env var (tests of pieces): nothing shared to read
+        from prometheus_client import REGISTRY
+
+        return generate_latest(REGISTRY)
+    return generate_latest(registry)
+
+
+def worker_exited(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]

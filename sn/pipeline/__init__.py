@@ -1,0 +1,1 @@
+"""The durable feed pipeline: outbox -> bus (RabbitMQ or Redis Streams) -> fan-out consumers."""

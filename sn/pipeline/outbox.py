@@ -1,0 +1,112 @@
+"""The transactional outbox and its relay.
+
+Writers call `Outbox.add` inside their own transaction. The relay (one per worker process;
+several relays share the table safely through `FOR UPDATE SKIP LOCKED`) publishes pending rows
+in id order and deletes them once the bus has confirmed them. A request nudges its worker's
+relay after committing, so the usual latency is one relay round trip; a periodic sweep picks up
+whatever a crashed process or an unreachable bus left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from sn.pipeline import events
+from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
+
+log = logging.getLogger("sn.pipeline.outbox")
+
+IdSource = Callable[[], int]
+Router = Callable[[events.PipelineEvent], Awaitable[Queue]]
+
+
+class Outbox:
+    def __init__(self, next_id: IdSource) -> None:
+        self._next_id = next_id
+
+    async def add(self, conn: Any, event: events.PipelineEvent) -> None:
+        await conn.execute(
+            "INSERT INTO outbox (owner_id, id, payload) VALUES ($1, $2, $3)",
+            events.owner_of(event),
+            self._next_id(),
+            events.encode(event),
+        )
+
+
+class OutboxRelay:
+    BATCH = 200
+
+    def __init__(self, pool: asyncpg.Pool, bus: FeedBus, route: Router, *, sweep_interval: float = 1.0) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._route = route
+        self._sweep_interval = sweep_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = self._sweep_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            self._wake.clear()
+            try:
+                while await self.drain_once() == self.BATCH:
+                    pass
+                backoff = self._sweep_interval
+                self.last_error = None
+            except BusUnavailable as exc:
+                # Rows stay in the table; retry with backoff until the bus is back.
+                self.failures += 1
+                self.last_error = str(exc) or "bus unavailable"
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox relay error: %s", self.last_error)
+                backoff = min(backoff * 2, 5.0)
+
+    async def drain_once(self) -> int:
+        """Publish one batch; returns how many rows were published (and deleted)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT owner_id, id, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.BATCH
+            )
+            if not rows:
+                return 0
+            for row in rows:
+                payload = bytes(row["payload"])
+                queue = await self._route(events.decode(payload))
+                await self._bus.publish(queue, payload, message_id=str(row["id"]))
+            await conn.execute(
+                "DELETE FROM outbox o USING unnest($1::bigint[], $2::bigint[]) AS k(owner_id, id)"
+                " WHERE o.owner_id = k.owner_id AND o.id = k.id",
+                [row["owner_id"] for row in rows],
+                [row["id"] for row in rows],
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    async def pending(self) -> int:
+        return int(await self._pool.fetchval("SELECT count(*) FROM outbox") or 0)

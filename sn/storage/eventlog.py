@@ -1,0 +1,91 @@
+"""Routing of real-time events to worker streams, and the event log reconnecting clients replay.
+
+`route` runs one Lua script per batch that (1) takes the next event id from a counter,
+(2) appends the event to the global log ``sn:rt:log`` and (3) appends one entry per owning
+worker stream carrying the recipients of that stream. Being one atomic script is what makes
+event ids increase per recipient: every worker stream receives entries in id order, and each
+worker's router reads its stream in order. The event body is encoded once by the caller and
+shared by every stream entry.
+
+Replay reads the log after the client's last id and keeps the events of authors the user
+follows. The log is capped (count, and an age limit checked on read); a client whose cursor is
+older than what the log holds is told to resync over HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+LOG_KEY = "sn:rt:log"
+COUNTER_KEY = "sn:rt:event_seq"
+
+# KEYS[1] log, KEYS[2] counter, KEYS[3..] streams; ARGV: body, author, now_ms, log_maxlen,
+# stream_maxlen, then one comma-separated recipient list per stream.
+_ROUTE = """
+local id = redis.call('INCR', KEYS[2])
+local sid = id .. '-1'
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], sid, 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+for i = 3, #KEYS do
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', ARGV[i + 3])
+  redis.call('EXPIRE', KEYS[i], 3600)
+end
+return id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    events: list[tuple[int, bytes]]  # (event_id, body), ascending
+    gap: bool  # the cursor is older than the log (or the id counter was reset): resync
+    oldest_available: int | None
+
+
+class EventLog:
+    def __init__(
+        self, redis: Redis, *, log_maxlen: int = 100_000, stream_maxlen: int = 10_000, max_age_seconds: float = 600
+    ) -> None:
+        self._redis = redis
+        self._log_maxlen = log_maxlen
+        self._stream_maxlen = stream_maxlen
+        self._max_age_ms = int(max_age_seconds * 1000)
+        self._route = redis.register_script(_ROUTE)
+
+    async def route(self, body: bytes, author_id: int, deliveries: Mapping[str, Sequence[int]]) -> int:
+        streams = list(deliveries)
+        args: list[bytes | str | int] = [
+            body,
+            author_id,
+            int(time.time() * 1000),
+            self._log_maxlen,
+            self._stream_maxlen,
+        ]
+        args += [",".join(map(str, deliveries[s])) for s in streams]
+        return int(await self._route(keys=[LOG_KEY, COUNTER_KEY, *streams], args=args))
+
+    async def replay(self, since: int, authors: Collection[int], *, limit: int) -> Replay:
+        now_ms = int(time.time() * 1000)
+        current = int(await self._redis.get(COUNTER_KEY) or 0)
+        head: Any = await self._redis.xrange(LOG_KEY, count=1)
+        oldest = int(head[0][0].split(b"-")[0]) if head else None
+        if since > current:
+            return Replay([], gap=True, oldest_available=oldest)
+        if since >= current:
+            return Replay([], gap=False, oldest_available=oldest)
+        if oldest is None or since + 1 < oldest:
+            return Replay([], gap=True, oldest_available=oldest)
+        entries: Any = await self._redis.xrange(LOG_KEY, min=f"{since + 1}-0", max="+", count=10_000)
+        events: list[tuple[int, bytes]] = []
+        for entry_id, fields in entries:
+            if now_ms - int(fields[b"t"]) > self._max_age_ms:
+                # Older than the replay window: the client must resync rather than get a partial replay.
+                return Replay([], gap=True, oldest_available=oldest)
+            if int(fields[b"a"]) in authors:
+                events.append((int(entry_id.split(b"-")[0]), fields[b"b"]))
+                if len(events) > limit:
+                    return Replay([], gap=True, oldest_available=oldest)
+        return Replay(events, gap=False, oldest_available=oldest)

@@ -1,0 +1,96 @@
+"""Follower/following lists and follower counts cached in Redis for the fan-out and feed reads.
+
+A fan-out must not re-read "who follows X" from the database for every post, and a feed read
+must know which of the user's followees are celebrities without a query. Sets carry a "0"
+member so an empty list is still a cached answer. Counts live in one sorted set
+``sn:follower_counts`` so "is X a celebrity" is one ZSCORE whatever the current threshold is
+(the threshold can change at run time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sn.storage.friends import FriendRepository
+
+COUNTS_KEY = "sn:follower_counts"
+_FOLLOWERS = "sn:followers:{}"
+_FOLLOWING = "sn:following:{}"
+_EMPTY = "0"
+
+# KEYS[1] following set, KEYS[2] counts; ARGV[1] threshold -> followees at or above it, or
+# false when the following set is not cached.
+_CELEBRITIES_FOLLOWED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if m ~= '0' then
+    local s = redis.call('ZSCORE', KEYS[2], m)
+    if s and tonumber(s) >= tonumber(ARGV[1]) then out[#out + 1] = m end
+  end
+end
+return out
+"""
+
+
+class SocialCache:
+    def __init__(self, redis: Redis, friends: FriendRepository, *, ttl_seconds: int = 3600) -> None:
+        self._redis = redis
+        self._friends = friends
+        self._ttl = ttl_seconds
+        self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
+
+    async def _cached_set(self, key: str, load: list[int]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.sadd(key, _EMPTY, *load)
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def followers(self, author_id: int) -> list[int]:
+        key = _FOLLOWERS.format(author_id)
+        members = await self._redis.smembers(key)
+        if members:
+            return [int(m) for m in members if m != b"0"]
+        loaded = await self._friends.followers(author_id)
+        await self._cached_set(key, loaded)
+        await self._redis.zadd(COUNTS_KEY, {str(author_id): len(loaded)})
+        return loaded
+
+    async def following(self, user_id: int) -> list[int]:
+        key = _FOLLOWING.format(user_id)
+        members = await self._redis.smembers(key)
+        if members:
+            return [int(m) for m in members if m != b"0"]
+        loaded = await self._friends.following(user_id)
+        await self._cached_set(key, loaded)
+        return loaded
+
+    async def follower_count(self, author_id: int) -> int:
+        score = await self._redis.zscore(COUNTS_KEY, str(author_id))
+        if score is not None:
+            return int(score)
+        count = await self._friends.follower_count(author_id)
+        await self._redis.zadd(COUNTS_KEY, {str(author_id): count})
+        return count
+
+    async def celebrities_followed(self, user_id: int, threshold: int) -> list[int]:
+        found = await self._celebrities_followed(keys=[_FOLLOWING.format(user_id), COUNTS_KEY], args=[threshold])
+        if found is None:
+            await self.following(user_id)
+            found = await self._celebrities_followed(keys=[_FOLLOWING.format(user_id), COUNTS_KEY], args=[threshold])
+        return [int(m) for m in found or []]
+
+    async def follow_changed(self, user_id: int, friend_id: int) -> None:
+        """Drop both sides' cached lists and recount the followee from the database."""
+        await self._redis.delete(_FOLLOWING.format(user_id), _FOLLOWERS.format(friend_id))
+        count = await self._friends.follower_count(friend_id)
+        await self._redis.zadd(COUNTS_KEY, {str(friend_id): count})
+
+    async def celebrities(self, threshold: int, limit: int = 1000) -> list[tuple[int, int]]:
+        rows: Any = await self._redis.zrange(
+            COUNTS_KEY, "+inf", threshold, desc=True, byscore=True, withscores=True, offset=0, num=limit
+        )
+        return [(int(member), int(score)) for member, score in rows]

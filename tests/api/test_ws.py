@@ -1,0 +1,343 @@
+"""Real-time feed over WebSocket, end to end: real server (2 workers), real Redis, the real pipeline.
+
+The session server runs the Redis Streams bus (no SN_AMQP_URL); test_ws_rabbitmq.py repeats the
+delivery tests over RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import JWT_SECRET
+from tests.support import ServerProcess, User, admin_token, eventually
+
+pytestmark = pytest.mark.slow
+
+
+def ws_url(server: ServerProcess, user: User, *, otus: bool = False, since: int | None = None) -> str:
+    base = server.base_url.replace("http://", "ws://")
+    path = "/post/feed/posted" if otus else f"/ws/{user.id}"
+    query = f"?token={user.token}" + (f"&since={since}" if since is not None else "")
+    return base + path + query
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+
+
+async def recv_type(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await recv_json(ws, max(0.01, deadline - time.monotonic()))
+        if message["type"] == kind:
+            return message
+
+
+async def open_socket(server: ServerProcess, user: User, **kwargs: Any) -> ClientConnection:
+    ws = await connect(ws_url(server, user, **kwargs), open_timeout=5)
+    welcome = await recv_json(ws)
+    assert welcome["type"] == "system"
+    assert welcome["data"]["message"] == "Connected successfully"
+    return ws
+
+
+async def worker_of(ws: ClientConnection) -> str:
+    await ws.send(json.dumps({"type": "get_stats"}))
+    stats = await recv_type(ws, "stats")
+    return str(stats["data"]["worker"]["name"])
+
+
+def follow(client: httpx.Client, follower: User, author: User) -> None:
+    assert client.put(f"/friend/set/{author.id}", headers=follower.auth).status_code == 200
+
+
+def post(client: httpx.Client, author: User, text: str) -> str:
+    response = client.post("/post/create", json={"text": text}, headers=author.auth)
+    assert response.status_code == 200, response.text
+    return str(response.json())
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[list[ClientConnection]]:
+    opened: list[ClientConnection] = []
+    yield opened
+    for ws in opened:
+        await ws.close()
+
+
+async def test_followers_on_both_workers_and_all_tabs_receive(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    author = make_user()
+    followers = [make_user() for _ in range(3)]
+    for follower in followers:
+        follow(client, follower, author)
+    # Open sockets until both workers hold some (the kernel spreads connections between them).
+    by_worker: dict[str, list[tuple[User, ClientConnection]]] = {}
+    for attempt in range(24):
+        user = followers[attempt % len(followers)]
+        ws = await open_socket(server, user)
+        sockets.append(ws)
+        by_worker.setdefault(await worker_of(ws), []).append((user, ws))
+        if len(by_worker) == 2 and attempt >= 5:
+            break
+    assert len(by_worker) == 2, "all connections landed on one worker"
+
+    post_id = post(client, author, "hello followers")
+    for ws in sockets:  # every tab of every follower, on either worker
+        event = await recv_type(ws, "post_created")
+        assert event["data"] == {
+            "post_id": post_id,
+            "author_user_id": author.id,
+            "post_text": "hello followers",
+            "created_at": event["data"]["created_at"],
+        }
+        assert isinstance(event["event_id"], int)
+        assert event["event_id"] > 0
+
+    # Workers publish their counts every second; /stats sums every live worker's.
+    stats = eventually(
+        lambda: (s := client.get("/stats").json())["websocket"]["total_connections"] >= len(sockets) and s
+    )
+    per_worker = stats["websocket"]["connections_per_worker"]
+    assert sum(1 for n in per_worker.values() if n > 0) == 2
+
+
+async def test_update_and_delete_events_and_otus_dialect(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    author, reader = make_user(), make_user()
+    follow(client, reader, author)
+    seed = await open_socket(server, reader)
+    otus = await open_socket(server, reader, otus=True)
+    sockets += [seed, otus]
+    post_id = post(client, author, "v1")
+    assert (await recv_type(otus, "post_created"))["data"] == {
+        "postId": post_id,
+        "postText": "v1",
+        "author_user_id": author.id,
+    }
+    client.put("/post/update", json={"id": post_id, "text": "v2"}, headers=author.auth)
+    updated = await recv_type(seed, "post_updated")
+    assert updated["data"]["post_text"] == "v2"
+    assert updated["data"]["post_id"] == post_id
+    client.put(f"/post/delete/{post_id}", headers=author.auth)
+    deleted = await recv_type(seed, "post_deleted")
+    assert deleted["data"]["post_id"] == post_id
+    ids = [(await recv_type(otus, kind))["event_id"] for kind in ("post_updated", "post_deleted")]
+    assert ids == sorted(ids)
+
+
+async def test_ping_stats_and_bad_frames_keep_the_connection(
+    server: ServerProcess, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    user = make_user()
+    ws = await open_socket(server, user)
+    sockets.append(ws)
+    await ws.send(json.dumps({"type": "ping"}))
+    assert (await recv_json(ws))["type"] == "pong"
+    for bad in ("not json", "[]", json.dumps({"type": "dance"}), json.dumps({"no": "type"})):
+        await ws.send(bad)
+        error = await recv_json(ws)
+        assert error["type"] == "error"
+        assert error["data"]["message"]
+    await ws.send(json.dumps({"type": "get_stats"}))
+    stats = (await recv_type(ws, "stats"))["data"]
+    assert stats["connection"]["messages_received"] >= 5
+    assert stats["worker"]["connections"] >= 1
+
+
+async def test_oversized_frame_is_refused(server: ServerProcess, make_user: Callable[..., User]) -> None:
+    ws = await open_socket(server, make_user())
+    await ws.send("x" * (70 * 1024))
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv_json(ws)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+@pytest.mark.parametrize(
+    ("path_user", "token_kind", "status"),
+    [("self", "garbage", 401), ("other", "valid", 403), ("self", "none", 401), ("self", "expired", 401)],
+)
+async def test_bad_tokens_are_refused_before_upgrade(
+    server: ServerProcess, make_user: Callable[..., User], path_user: str, token_kind: str, status: int
+) -> None:
+    import jwt
+
+    me, other = make_user(), make_user()
+    target = me if path_user == "self" else other
+    token = {
+        "garbage": "not.a.jwt",
+        "valid": me.token,
+        "none": "",
+        "expired": jwt.encode({"sub": me.id, "iat": 1, "exp": 2}, JWT_SECRET, algorithm="HS256"),
+    }[token_kind]
+    url = server.base_url.replace("http://", "ws://") + f"/ws/{target.id}" + (f"?token={token}" if token else "")
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, open_timeout=5)
+    assert refused.value.response.status_code == status
+
+
+async def test_otus_endpoint_accepts_bearer_header(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User]
+) -> None:
+    author, reader = make_user(), make_user()
+    follow(client, reader, author)
+    url = server.base_url.replace("http://", "ws://") + "/post/feed/posted"
+    async with connect(url, additional_headers=reader.auth, open_timeout=5) as ws:
+        assert (await recv_json(ws))["type"] == "system"
+        post_id = post(client, author, "via header")
+        assert (await recv_type(ws, "post_created"))["data"]["postId"] == post_id
+
+
+async def test_reconnect_with_since_replays_missed_events(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User]
+) -> None:
+    author, reader = make_user(), make_user()
+    follow(client, reader, author)
+    async with await open_socket(server, reader) as ws:
+        post(client, author, "seen")
+        last_seen = (await recv_type(ws, "post_created"))["event_id"]
+    missed = [post(client, author, f"missed {i}") for i in range(3)]
+    time.sleep(0.3)  # let the pipeline route them while the reader is away
+    async with await open_socket(server, reader, since=last_seen) as ws:
+        replayed = [await recv_type(ws, "post_created") for _ in missed]
+        assert [m["data"]["post_id"] for m in replayed] == missed
+        assert [m["event_id"] for m in replayed] == sorted(m["event_id"] for m in replayed)
+        assert replayed[0]["event_id"] > last_seen
+    # A cursor the server never issued (e.g. Redis was flushed since): refetch over HTTP.
+    async with await open_socket(server, reader, since=10**15) as ws:
+        assert (await recv_type(ws, "resync"))["data"]["since"] == 10**15
+
+
+async def test_slow_consumer_is_closed_and_others_unaffected(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    author, slow_user, fast_user = make_user(), make_user(), make_user()
+    follow(client, slow_user, author)
+    follow(client, fast_user, author)
+    # The slow client: a raw socket with a tiny receive buffer that completes the handshake and
+    # then never reads again.
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    raw.sendall(
+        (
+            f"GET /ws/{slow_user.id}?token={slow_user.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert b"101" in raw.recv(200)
+    fast = await open_socket(server, fast_user)
+    sockets.append(fast)
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    # Enough bytes to fill the kernel buffers on both sides and then the 256-frame mailbox.
+    text = "x" * 10_000
+    count = 800
+    before = client.get("/stats").json()["websocket"]["slow_consumer_closes"]
+    received = 0
+    for i in range(count):
+        response = client.post(
+            "/test-post",
+            json={"post_id": str(10_000 + i), "author_user_id": author.id, "post_text": text},
+            headers=admin,
+        )
+        assert response.status_code == 200
+        while True:  # keep the fast client drained as we go
+            try:
+                await recv_type(fast, "post_created", timeout=0.001)
+                received += 1
+            except TimeoutError:
+                break
+    while received < count:  # the fast client got everything
+        await recv_type(fast, "post_created")
+        received += 1
+
+    def closed_count() -> int:
+        return int(client.get("/stats").json()["websocket"]["slow_consumer_closes"])
+
+    deadline = time.monotonic() + 10
+    while closed_count() <= before and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert closed_count() > before
+    raw.close()
+    await fast.send(json.dumps({"type": "ping"}))
+    assert (await recv_type(fast, "pong"))["type"] == "pong"
+
+
+async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    celebrity, normal_author, fan = make_user(), make_user(), make_user()
+    followers = [make_user() for _ in range(6)]
+    for follower in followers:
+        follow(client, follower, celebrity)
+    follow(client, fan, normal_author)
+    settings = {"celebrity_threshold": 5, "batch_size": 2, "batch_delay": 0.4}
+    response = client.post("/celebrity-settings", json=settings, headers=admin)
+    assert response.status_code == 200, response.text
+    try:
+        await asyncio.sleep(1.2)  # every worker re-reads the settings within a second
+        for follower in followers:
+            sockets.append(await open_socket(server, follower))
+        fan_ws = await open_socket(server, fan)
+        sockets.append(fan_ws)
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        celebrity_post = post(client, celebrity, "hello, my millions")
+        await asyncio.sleep(0.2)
+        running = client.get("/celebrity-stats").json()
+        normal_post = post(client, normal_author, "meanwhile")
+        assert (await recv_type(fan_ws, "post_created"))["data"]["post_id"] == normal_post
+        normal_latency = time.monotonic() - started
+        for ws in sockets[:6]:
+            assert (await recv_type(ws, "post_created", timeout=10))["data"]["post_id"] == celebrity_post
+        celebrity_duration = time.monotonic() - started
+        assert normal_latency < celebrity_duration  # the normal post did not wait behind the fan-out
+        assert any(j["post_id"] == celebrity_post for j in running["fanouts_in_progress"])
+        stats = client.get("/celebrity-stats").json()
+        assert any(c["user_id"] == celebrity.id for c in stats["celebrities"])
+        done = next(f for f in stats["recent_fanouts"] if f["post_id"] == celebrity_post)
+        assert done["batches"] == 3
+        assert done["online"] == 6
+        assert done["duration_seconds"] >= 0.8
+        # Pull on read: the post is in followers' feeds without having been copied into them.
+        feed = client.get("/post/feed", headers=followers[0].auth).json()
+        assert feed[0]["id"] == celebrity_post
+    finally:
+        client.post(
+            "/celebrity-settings",
+            json={"celebrity_threshold": 1000, "batch_size": 100, "batch_delay": 0.1},
+            headers=admin,
+        )
+
+
+def test_monitoring_endpoints_and_admin_checks(client: httpx.Client, make_user: Callable[..., User]) -> None:
+    user = make_user()
+    stats = client.get("/stats").json()
+    assert set(stats) >= {"websocket", "feed_processor", "celebrity_handler"}
+    assert stats["feed_processor"]["is_running"] is True
+    assert stats["celebrity_handler"]["threshold"] >= 1
+    assert client.post("/celebrity-settings", json={"batch_size": 5}).status_code == 401
+    assert client.post("/celebrity-settings", json={"batch_size": 5}, headers=user.auth).status_code == 403
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    for bad in ({"batch_size": 0}, {"batch_delay": -1}, {"celebrity_threshold": "x"}, {"unknown": 1}):
+        response = client.post("/celebrity-settings", json=bad, headers=admin)
+        assert response.status_code == 400, bad
+    assert client.post("/test-post", json={"post_id": "1"}, headers=admin).status_code == 400
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "sn_ws_connections" in metrics.text
