@@ -39,12 +39,11 @@ _DEPENDENCY_ERRORS: tuple[tuple[type[BaseException], ...], str] = (
         asyncpg.exceptions.CannotConnectNowError,
         asyncpg.exceptions.InterfaceError,
         asyncpg.exceptions.TooManyConnectionsError,
-        ConnectionError,
-        OSError,
-        asyncio.TimeoutError,
     ),
     "postgres",
 )
+# Connection-level failures whose origin the exception does not tell; named generically.
+_NETWORK_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError)
 
 
 def _dependency_of(exc: BaseException) -> str | None:
@@ -54,7 +53,25 @@ def _dependency_of(exc: BaseException) -> str | None:
         return "redis"
     if isinstance(exc, _DEPENDENCY_ERRORS[0]):
         return _DEPENDENCY_ERRORS[1]
+    if isinstance(exc, _NETWORK_ERRORS):
+        return _origin(exc)
     return None
+
+
+_CLIENT_LIBRARIES = {"asyncpg": "postgres", "redis": "redis", "aio_pika": "rabbitmq", "aiormq": "rabbitmq"}
+
+
+def _origin(exc: BaseException) -> str:
+    """Name the service behind a bare OSError/timeout by the client library it was raised in."""
+    frame_tb = exc.__traceback__
+    origin = "a backing service"
+    while frame_tb is not None:
+        module = frame_tb.tb_frame.f_globals.get("__name__", "")
+        library = _CLIENT_LIBRARIES.get(module.partition(".")[0])
+        if library is not None:
+            origin = library  # the innermost library frame wins
+        frame_tb = frame_tb.tb_next
+    return origin
 
 
 def _error_response(request: Request, exc: Exception) -> HTTPResponse:
@@ -90,10 +107,12 @@ def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
     if not origin:
         return {}
     allowed = settings.cors_origins
+    # Let browser code read the request id (to quote in bug reports) and Retry-After.
+    exposed = {"Access-Control-Expose-Headers": "X-Request-ID, Retry-After"}
     if "*" in allowed:
-        return {"Access-Control-Allow-Origin": "*"}
+        return {"Access-Control-Allow-Origin": "*", **exposed}
     if origin in allowed:
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **exposed}
     return {}
 
 
@@ -107,6 +126,9 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.config.ACCESS_LOG = False  # our middleware logs one line per request, in our format
     app.config.MOTD = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.PROXIES_COUNT = settings.proxies_count
+    if settings.real_ip_header:
+        app.config.REAL_IP_HEADER = settings.real_ip_header
     app.ctx.settings = settings
     app.ctx.draining = False
 

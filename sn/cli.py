@@ -103,11 +103,24 @@ def embedded_services(settings: Settings) -> Iterator[Settings]:
         yield with_overrides(settings, **changes)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting embedded servers and migrations, not after, when the port is taken."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}); set SN_PORT to a free port") from exc
+
+
 def _dev(settings: Settings) -> None:
     from sn import logs
     from sn.storage.migrations import migrate
 
     logs.configure(settings)
+    _check_port_free(settings.host, settings.port)
     with embedded_services(settings) as resolved:
         assert resolved.database_url is not None
         applied = asyncio.run(migrate(resolved.database_url))
@@ -154,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("admin-token", help="print an admin token signed with the configured secret")
     token.add_argument("--user-id", default="1")
     token.add_argument("--ttl", type=int, default=3600)
+    from sn import wsclient
+
+    wsclient.add_arguments(sub.add_parser("ws-client", help="try the real-time feed by hand (simple or multi)"))
     return parser
 
 
@@ -173,9 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_seed(settings, args))
         elif args.command == "admin-token":
             _admin_token(settings, args.user_id, args.ttl)
+        elif args.command == "ws-client":
+            from sn.wsclient import run
+
+            return run(args)
     except SettingsError as exc:
         print(f"sn: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as exc:
+        # EmbeddedServerError is a RuntimeError; OSError covers ports and unreachable servers.
+        print(f"sn: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

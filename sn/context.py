@@ -82,6 +82,7 @@ class Services:
         lease = GeneratorLease(redis)
         generator_id = await lease.acquire()
         ids = IdGenerator(generator_id)
+        lease.on_change = ids.rebind
         outbox = Outbox(ids.next_id)
         posts = PostRepository(pool, outbox)
         friends = FriendRepository(pool, outbox)

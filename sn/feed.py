@@ -71,10 +71,10 @@ class FeedService:
         return window[offset : offset + limit]
 
     async def _rebuild(self, user_id: int) -> tuple[Keys, list[int]]:
-        await self._feeds.begin_rebuild(user_id)
+        token = await self._feeds.begin_rebuild(user_id)
         following = await self._social.following(user_id)
         newest = await self._posts.feed_keys(following, self._feeds.size)
-        await self._feeds.commit_rebuild(user_id, newest)
+        await self._feeds.commit_rebuild(user_id, token, newest)
         return newest, following
 
     async def rebuild(self, user_id: int) -> None:
@@ -85,9 +85,9 @@ class FeedService:
         if cached.hit and not cached.exhausted:
             return cached.keys
         if not cached.hit:
-            await self._author_posts.begin_rebuild(author_id)
+            token = await self._author_posts.begin_rebuild(author_id)
             newest = await self._posts.recent_by_author(author_id, self._author_posts.size)
-            await self._author_posts.commit_rebuild(author_id, newest)
+            await self._author_posts.commit_rebuild(author_id, token, newest)
         return await self._posts.recent_by_author(author_id, limit, before=before)
 
     async def bodies(self, keys: Sequence[tuple[int, int]]) -> list[Post]:

@@ -2,7 +2,7 @@
 
 Layout: 41 bits of milliseconds since 2024-01-01, 10 bits of generator id, 12 bits of sequence.
 Time-ordered ids let posts sort by id (no separate created_at index) and make ``before=<id>``
-cursors stable. The generator id is leased from Redis per process (see ``lease_generator_id``),
+cursors stable. The generator id is leased from Redis per process (see ``sn.storage.idlease.GeneratorLease``),
 so processes never share one while their leases live; 1024 concurrent processes is far beyond
 what one deployment runs.
 """
@@ -33,6 +33,13 @@ class IdGenerator:
     @property
     def generator_id(self) -> int:
         return self._generator_id
+
+    def rebind(self, generator_id: int) -> None:
+        """Switch to another generator id (the lease on the old one was lost)."""
+        if not 0 <= generator_id <= MAX_GENERATOR:
+            raise ValueError(f"generator id must be in [0, {MAX_GENERATOR}]")
+        with self._lock:
+            self._generator_id = generator_id
 
     def next_id(self) -> int:
         with self._lock:

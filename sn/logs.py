@@ -30,12 +30,21 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """The classic line, plus `key=value` for whatever was passed in `extra=` (request_id...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")]
+        return f"{line} {' '.join(extras)}" if extras else line
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
     """A dictConfig for Sanic's loggers and ours, so every line has one format."""
     formatter = (
         {"()": JsonFormatter}
         if settings.log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"}
+        else {"()": TextFormatter, "fmt": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"}
     )
     level = settings.log_level.upper()
     handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}

@@ -74,6 +74,7 @@ class DialogSendRequest(msgspec.Struct):
 
 
 class DialogMessage(msgspec.Struct, rename={"from_": "from"}):
+    id: Annotated[str, msgspec.Meta(description="Message id: pass as `after` to page on")]
     from_: UserId
     to: UserId
     text: str

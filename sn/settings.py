@@ -34,6 +34,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 1_048_576
     request_timeout_seconds: float = 30.0
     graceful_shutdown_seconds: float = 10.0
+    # Behind a load balancer: how many proxies to trust in X-Forwarded-For, or a header holding
+    # the client address. Without these, rate limits would see every client as the proxy.
+    proxies_count: int = 0
+    real_ip_header: str | None = None
 
     # Auth. The secret has no default outside dev mode: a forgotten secret must not silently
     # become a well-known one.

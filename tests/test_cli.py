@@ -114,3 +114,20 @@ def test_admin_token_is_signed_with_the_configured_secret() -> None:
     claims = jwt.decode(out, secret, algorithms=["HS256"])
     assert claims["sub"] == "42"
     assert claims["admin"] is True
+
+
+def test_dev_refuses_a_busy_port_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SN_")}
+        env.update({"SN_PORT": str(port), "SN_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)})
+        result = subprocess.run(
+            [sys.executable, "-m", "sn", "dev"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 2
+    assert "SN_PORT" in result.stderr
+    assert not (tmp_path / "var" / "pg").exists()  # nothing was started

@@ -27,3 +27,14 @@ def test_generators_never_collide() -> None:
 )
 def test_parse_id(raw: str | int, expected: int | None) -> None:
     assert parse_id(raw) == expected
+
+
+def test_rebind_switches_generator_and_keeps_order() -> None:
+    generator = IdGenerator(3)
+    first = generator.next_id()
+    generator.rebind(9)
+    second = generator.next_id()
+    assert second > first
+    assert (second >> 12) & 0x3FF == 9
+    with pytest.raises(ValueError, match="generator id"):
+        generator.rebind(5000)

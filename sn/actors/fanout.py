@@ -87,8 +87,7 @@ class FanoutConsumer:
         else:
             followers = await self._social.followers(event.author_id)
             await self._feed.apply(event, followers)
-            online = await self._presence.locate(followers)
-            await self._eventlog.route(realtime_body(event), event.author_id, online)
+            await self._eventlog.route_to_followers(realtime_body(event), event.author_id, followers)
             if event.type == "post_created":  # the id's timestamp is the post's creation time
                 lag = time.time() - timestamp_ms(event.post_id) / 1000
                 metrics().fanout_latency.observe(lag)

@@ -104,6 +104,11 @@ class Hub:
             task = asyncio.get_running_loop().create_task(self._presence.leave(actor.user_id, self.stream_key))
             task.add_done_callback(_ignore_result)
 
+    async def announce(self, user_id: int) -> None:
+        """Register presence now (the heartbeat would only get to it within a second)."""
+        if user_id in self._by_user:
+            await self._presence.refresh([user_id], self.stream_key)
+
     def slow_consumer_closed(self) -> None:
         self.slow_consumer_closes += 1
         metrics().slow_consumer_closes.inc()

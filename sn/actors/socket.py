@@ -36,7 +36,7 @@ class WebSocket(Protocol):
 
 
 class SocketActor:
-    __slots__ = ("_wake", "_writer", "hub", "state", "user_id", "ws")
+    __slots__ = ("_held", "_wake", "_writer", "hub", "state", "user_id", "ws")
 
     def __init__(self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub) -> None:
         self.ws = ws
@@ -45,9 +45,16 @@ class SocketActor:
         self.hub = hub
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # Live events that arrive while the replay is being read are held, then delivered
+        # after it: delivered first, they would advance the cursor past the replayed ones.
+        self._held: list[tuple[Event, PayloadCache]] | None = None
 
     def deliver(self, event: Event, payloads: PayloadCache) -> None:
         """Called by the router; never awaits, so one slow socket cannot hold up the others."""
+        if self._held is not None:
+            if len(self._held) < self.state.outbox.capacity:
+                self._held.append((event, payloads))
+            return
         actions = self.state.deliver(event, payloads)
         if actions:
             self._closing(actions)
@@ -93,10 +100,18 @@ class SocketActor:
 
     async def run(self, *, since: int | None, now: float) -> None:
         await self._perform(self.state.welcome(now))
+        if since is not None:
+            self._held = []
         self.hub.add(self)
         try:
+            # Present before the log is read: an event routed from now on reaches this socket
+            # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
+            await self.hub.announce(self.user_id)
             if since is not None:
                 self.replay(since, await self.hub.missed_events(self.user_id, since))
+                held, self._held = self._held or [], None
+                for event, payloads in held:
+                    self.deliver(event, payloads)
             self._writer = asyncio.create_task(self._write_loop())
             while not self.state.closed:
                 message = await self.ws.recv()

@@ -52,7 +52,9 @@ async def list_messages(request: Request, user_id: str) -> HTTPResponse:
     rows = await app.dialogs.list(me, peer, after=after, offset=offset, limit=limit)
     return json_response(
         [
-            DialogMessage(from_=str(r.sender_id), to=str(r.recipient_id), text=r.text, created_at=r.created_at)
+            DialogMessage(
+                id=str(r.id), from_=str(r.sender_id), to=str(r.recipient_id), text=r.text, created_at=r.created_at
+            )
             for r in rows
         ]
     )

@@ -13,6 +13,7 @@ from sn.api.common import raw_json_response
 from sn.models import (
     DialogMessage,
     DialogSendRequest,
+    Health,
     LoginRequest,
     LoginResponse,
     Message,
@@ -152,7 +153,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(("user_id", "path", "string"), *_PAGING, ("after", "query", "string")),
         errors=(400, 401, 404),
     ),
-    Operation("get", "/health", "Liveness", Message, errors=()),
+    Operation("get", "/health", "Liveness", Health, errors=()),
     Operation("get", "/ready", "Readiness: PostgreSQL and Redis answer", Readiness, errors=()),
 )
 

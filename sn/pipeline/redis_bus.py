@@ -135,7 +135,13 @@ class RedisStreamBus:
         backoff = 0.2
         group_ready = False
         next_retry = next_claim = 0.0  # both scans run first thing, for what a previous run left
+        task = asyncio.current_task()
         while not self._closed.is_set():
+            if task is not None and task.cancelling():
+                # Python 3.11's asyncio.wait_for, which redis-py sends commands with, drops a
+                # cancellation that lands as the send completes (fixed in 3.12): the loop would
+                # run on forever. Honour the request it swallowed.
+                raise asyncio.CancelledError
             try:
                 if not group_ready:
                     await self._ensure_group(stream)
@@ -161,7 +167,9 @@ class RedisStreamBus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis restarted empty, or the stream was deleted
+                # The stream or its group is gone (Redis restarted empty, key deleted or flushed):
+                # NOGROUP on the next command, UNBLOCKED for an XREADGROUP blocked at the time.
+                if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     group_ready = False
                     continue
                 log.error("redis: %s on %s; retrying", exc, stream)

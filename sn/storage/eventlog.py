@@ -21,6 +21,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from sn.storage.presence import presence_key
+
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
 
@@ -38,6 +40,32 @@ return id
 """
 
 
+# KEYS[1] log, KEYS[2] counter, KEYS[3..] presence keys of followers; ARGV: body, author,
+# now_ms, log_maxlen, stream_maxlen, now (seconds, float), then the follower ids (same order).
+# Presence is looked up inside the script: a socket registered before it runs gets the event
+# live, one registered after finds it in the log when it replays. No window loses an event.
+_ROUTE_FOLLOWERS = """
+local id = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id .. '-1', 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+local now = tonumber(ARGV[6])
+local by_stream, order = {}, {}
+for i = 3, #KEYS do
+  for _, stream in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. now, '+inf')) do
+    if not by_stream[stream] then by_stream[stream] = {}; order[#order + 1] = stream end
+    table.insert(by_stream[stream], ARGV[i + 4])
+  end
+end
+local delivered = 0
+for _, stream in ipairs(order) do
+  local recipients = table.concat(by_stream[stream], ',')
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', recipients)
+  redis.call('EXPIRE', stream, 3600)
+  delivered = delivered + #by_stream[stream]
+end
+return {id, delivered}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     events: list[tuple[int, bytes]]  # (event_id, body), ascending
@@ -46,6 +74,8 @@ class Replay:
 
 
 class EventLog:
+    ROUTE_CHUNK = 1000
+
     def __init__(
         self, redis: Redis, *, log_maxlen: int = 100_000, stream_maxlen: int = 10_000, max_age_seconds: float = 600
     ) -> None:
@@ -54,6 +84,7 @@ class EventLog:
         self._stream_maxlen = stream_maxlen
         self._max_age_ms = int(max_age_seconds * 1000)
         self._route = redis.register_script(_ROUTE)
+        self._route_followers = redis.register_script(_ROUTE_FOLLOWERS)
 
     async def route(self, body: bytes, author_id: int, deliveries: Mapping[str, Sequence[int]]) -> int:
         streams = list(deliveries)
@@ -66,6 +97,28 @@ class EventLog:
         ]
         args += [",".join(map(str, deliveries[s])) for s in streams]
         return int(await self._route(keys=[LOG_KEY, COUNTER_KEY, *streams], args=args))
+
+    async def route_to_followers(self, body: bytes, author_id: int, followers: Sequence[int]) -> tuple[int, int]:
+        """Log the event and deliver it to the online ones among `followers` in one atomic step
+        per chunk; returns (last event id, sockets' users reached)."""
+        event_id, reached = 0, 0
+        now = time.time()
+        # Chunked so one script never blocks Redis for long; an empty list still logs the event.
+        for start in range(0, max(len(followers), 1), self.ROUTE_CHUNK):
+            chunk = followers[start : start + self.ROUTE_CHUNK]
+            args: list[bytes | str | int | float] = [
+                body,
+                author_id,
+                int(now * 1000),
+                self._log_maxlen,
+                self._stream_maxlen,
+                now,
+                *chunk,
+            ]
+            keys = [LOG_KEY, COUNTER_KEY, *(presence_key(f) for f in chunk)]
+            result = await self._route_followers(keys=keys, args=args)
+            event_id, reached = int(result[0]), reached + int(result[1])
+        return event_id, reached
 
     async def replay(self, since: int, authors: Collection[int], *, limit: int) -> Replay:
         now_ms = int(time.time() * 1000)

@@ -10,7 +10,9 @@ Three sentinel members, all sorting before any real id, record the set's state i
 
 - ``BUILDING``: a reader is rebuilding it from the database. Fan-out already writes into it, so a
   post committed during the rebuild is not lost; if the key is deleted meanwhile (a follow or an
-  unfollow), the rebuild's result is stale and is discarded.
+  unfollow), the rebuild's result is stale and is discarded. Each rebuild also holds a token
+  (``<key>:rebuild``); only the newest rebuild may commit, so a slow reader that started before
+  an invalidation cannot overwrite the result of one that started after it.
 - ``COMPLETE``: the set holds the user's whole feed (it has fewer than N posts): a short page is
   the end of the feed.
 - ``PARTIAL``: older posts exist beyond the set: a page that runs past its end is read from the
@@ -21,6 +23,7 @@ A key without COMPLETE or PARTIAL is a miss.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +35,7 @@ PARTIAL = "0000000000000000002"
 _REAL_MIN = "(" + PARTIAL  # exclusive lower bound: every real member sorts after the sentinels
 _REAL_MAX = "+"
 _KEY = "sn:feed:{}"
+_REBUILD_TOKEN_TTL = 60  # seconds: longer than any rebuild query; a crashed reader's token expires
 
 # Shared by the scripts: drop the oldest real members beyond `max`; trimming makes the set partial.
 _TRIM = """
@@ -73,14 +77,16 @@ end
 return removed
 """
 
-# KEYS[1]: feed; ARGV: complete (0/1), ttl, max, members... Returns 0 when the rebuild was
-# invalidated while it ran (BUILDING gone), 1 when stored.
+# KEYS[1]: feed, KEYS[2]: its rebuild token; ARGV: token, complete (0/1), ttl, max, members...
+# Returns 0 when the rebuild was invalidated while it ran (BUILDING gone, or a newer rebuild
+# took over: only the latest reader's result, read after the invalidation, may be stored).
 _COMMIT = (
     _PRELUDE
     + """
 local key = KEYS[1]
-if not redis.call('ZSCORE', key, BUILDING) then return 0 end
-for i = 4, #ARGV, 500 do
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or not redis.call('ZSCORE', key, BUILDING) then return 0 end
+redis.call('DEL', KEYS[2])
+for i = 5, #ARGV, 500 do
   local chunk = {}
   for j = i, math.min(i + 499, #ARGV) do
     chunk[#chunk + 1] = 0
@@ -89,9 +95,9 @@ for i = 4, #ARGV, 500 do
   redis.call('ZADD', key, unpack(chunk))
 end
 redis.call('ZREM', key, BUILDING)
-if ARGV[1] == '1' then redis.call('ZADD', key, 0, COMPLETE) else redis.call('ZADD', key, 0, PARTIAL) end
-trim(key, tonumber(ARGV[3]))
-redis.call('EXPIRE', key, tonumber(ARGV[2]))
+if ARGV[2] == '1' then redis.call('ZADD', key, 0, COMPLETE) else redis.call('ZADD', key, 0, PARTIAL) end
+trim(key, tonumber(ARGV[4]))
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
 return 1
 """
 )
@@ -158,18 +164,25 @@ class FeedCache:
         exhausted = len(keys) < limit and PARTIAL in state
         return FeedPage(hit=True, keys=keys, exhausted=exhausted)
 
-    async def begin_rebuild(self, user_id: int) -> None:
+    def _token_key(self, owner_id: int) -> str:
+        return f"{self._prefix}{owner_id}:rebuild"
+
+    async def begin_rebuild(self, user_id: int) -> str:
+        """Mark the set as being rebuilt; returns the token `commit_rebuild` must present."""
+        token = secrets.token_hex(8)
         key = self.key(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, {BUILDING: 0})
             pipe.expire(key, self._ttl)
+            pipe.set(self._token_key(user_id), token, ex=_REBUILD_TOKEN_TTL)
             await pipe.execute()
+        return token
 
-    async def commit_rebuild(self, user_id: int, keys: Sequence[tuple[int, int]]) -> bool:
+    async def commit_rebuild(self, user_id: int, token: str, keys: Sequence[tuple[int, int]]) -> bool:
         """Store a rebuild's result: `keys` are (post_id, author_id), newest first, at most size."""
         complete = "1" if len(keys) < self._size else "0"
-        args = [complete, str(self._ttl), str(self._size), *(member(p, a) for p, a in keys)]
-        return bool(await self._commit(keys=[self.key(user_id)], args=args))
+        args = [token, complete, str(self._ttl), str(self._size), *(member(p, a) for p, a in keys)]
+        return bool(await self._commit(keys=[self.key(user_id), self._token_key(user_id)], args=args))
 
     async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:
         """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
@@ -189,7 +202,7 @@ class FeedCache:
         return removed
 
     async def invalidate(self, user_id: int) -> None:
-        await self._redis.delete(self.key(user_id))
+        await self._redis.delete(self.key(user_id), self._token_key(user_id))
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -19,29 +20,52 @@ _LEASE = "sn:idgen:lease:{}"
 LEASE_TTL_SECONDS = 60
 
 
+# Renew only a lease we still hold: after a long Redis outage the lease may have expired and been
+# taken by another process, and blindly re-setting it would make two processes share an id.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
 class GeneratorLease:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_change: Callable[[int], None] | None = None) -> None:
         self._redis = redis
+        self._renew_script = redis.register_script(_RENEW)
+        self.on_change = on_change
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._task: asyncio.Task[None] | None = None
         self.generator_id = -1
 
-    async def acquire(self) -> int:
+    async def _claim(self) -> int:
         for _ in range(MAX_GENERATOR + 1):
             candidate = int(await self._redis.incr(_COUNTER)) % (MAX_GENERATOR + 1)
             if await self._redis.set(_LEASE.format(candidate), self._owner, nx=True, ex=LEASE_TTL_SECONDS):
-                self.generator_id = candidate
-                self._task = asyncio.create_task(self._renew(), name="idgen-lease")
                 return candidate
         raise RuntimeError("no free id generator slot (1024 live processes?)")
 
+    async def acquire(self) -> int:
+        self.generator_id = await self._claim()
+        self._task = asyncio.create_task(self._renew(), name="idgen-lease")
+        return self.generator_id
+
     async def _renew(self) -> None:
-        key = _LEASE.format(self.generator_id)
         while True:
             await asyncio.sleep(LEASE_TTL_SECONDS / 3)
             try:
-                await self._redis.set(key, self._owner, ex=LEASE_TTL_SECONDS)
-            except Exception:  # Redis down: keep the id; the lease is renewed when it returns
+                held = await self._renew_script(
+                    keys=[_LEASE.format(self.generator_id)], args=[self._owner, LEASE_TTL_SECONDS]
+                )
+                if not held:
+                    # Lost while Redis was away; another process may own the id now. Switch.
+                    lost = self.generator_id
+                    self.generator_id = await self._claim()
+                    log.warning("id generator lease %d lost; now using %d", lost, self.generator_id)
+                    if self.on_change is not None:
+                        self.on_change(self.generator_id)
+            except Exception:  # Redis down: keep the id; the lease is checked again when it returns
                 log.warning("could not renew id generator lease %d", self.generator_id)
 
     async def release(self) -> None:

@@ -247,23 +247,25 @@ async def test_slow_consumer_is_closed_and_others_unaffected(
     text = "x" * 10_000
     count = 800
     before = client.get("/stats").json()["websocket"]["slow_consumer_closes"]
-    received = 0
-    for i in range(count):
-        response = client.post(
-            "/test-post",
-            json={"post_id": str(10_000 + i), "author_user_id": author.id, "post_text": text},
-            headers=admin,
-        )
-        assert response.status_code == 200
-        while True:  # keep the fast client drained as we go
-            try:
-                await recv_type(fast, "post_created", timeout=0.001)
-                received += 1
-            except TimeoutError:
-                break
-    while received < count:  # the fast client got everything
-        await recv_type(fast, "post_created")
-        received += 1
+
+    async def drain_fast() -> int:
+        # Reads concurrently with the posting below, as a healthy client does.
+        received = 0
+        while received < count:
+            await recv_type(fast, "post_created", timeout=20)
+            received += 1
+        return received
+
+    reader = asyncio.create_task(drain_fast())
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for i in range(count):
+            response = await http.post(
+                "/test-post",
+                json={"post_id": str(10_000 + i), "author_user_id": author.id, "post_text": text},
+                headers=admin,
+            )
+            assert response.status_code == 200
+    assert await reader == count  # the healthy client got every event
 
     def closed_count() -> int:
         return int(client.get("/stats").json()["websocket"]["slow_consumer_closes"])

@@ -81,6 +81,10 @@ class BusHarness:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # consume() must honour cancellation promptly: that is how workers shut down.
+        if self._tasks:
+            _, running = await asyncio.wait(self._tasks, timeout=5)
+            assert not running, f"consume() ignored its cancellation: {running}"
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for bus in self._buses:
             await bus.close()

@@ -38,8 +38,8 @@ async def test_absent_feed_is_a_miss_and_fanout_skips_it(cache: FeedCache, redis
 
 async def test_rebuild_then_fanout_then_page(cache: FeedCache) -> None:
     user = next(_user_ids)
-    await cache.begin_rebuild(user)
-    assert await cache.commit_rebuild(user, keys(30, 20, 10))
+    token = await cache.begin_rebuild(user)
+    assert await cache.commit_rebuild(user, token, keys(30, 20, 10))
     assert await cache.add_post([user], 40, 7) == 1
     page = await cache.page(user, offset=0, limit=10, before=None)
     assert page.hit
@@ -51,24 +51,24 @@ async def test_rebuild_then_fanout_then_page(cache: FeedCache) -> None:
 
 async def test_post_fanned_out_during_rebuild_is_kept(cache: FeedCache) -> None:
     user = next(_user_ids)
-    await cache.begin_rebuild(user)
+    token = await cache.begin_rebuild(user)
     await cache.add_post([user], 50, 7)  # committed after the rebuild's query ran
-    assert await cache.commit_rebuild(user, keys(30, 20))
+    assert await cache.commit_rebuild(user, token, keys(30, 20))
     assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(50, 30, 20)
 
 
 async def test_invalidation_during_rebuild_discards_the_stale_result(cache: FeedCache) -> None:
     user = next(_user_ids)
-    await cache.begin_rebuild(user)
+    token = await cache.begin_rebuild(user)
     await cache.invalidate(user)  # a follow/unfollow while the rebuild was reading
-    assert not await cache.commit_rebuild(user, keys(30, 20))
+    assert not await cache.commit_rebuild(user, token, keys(30, 20))
     assert not (await cache.page(user, offset=0, limit=10, before=None)).hit
 
 
 async def test_trim_keeps_newest_and_marks_partial(cache: FeedCache) -> None:
     user = next(_user_ids)
-    await cache.begin_rebuild(user)
-    await cache.commit_rebuild(user, keys(*range(90, 0, -10)))  # 9 posts: complete
+    token = await cache.begin_rebuild(user)
+    await cache.commit_rebuild(user, token, keys(*range(90, 0, -10)))  # 9 posts: complete
     short = await cache.page(user, offset=5, limit=10, before=None)
     assert short.hit
     assert not short.exhausted
@@ -82,8 +82,8 @@ async def test_trim_keeps_newest_and_marks_partial(cache: FeedCache) -> None:
 async def test_remove_posts_from_many_feeds(cache: FeedCache) -> None:
     users = [next(_user_ids) for _ in range(3)]
     for user in users:
-        await cache.begin_rebuild(user)
-        await cache.commit_rebuild(user, keys(30, 20, 10))
+        token = await cache.begin_rebuild(user)
+        await cache.commit_rebuild(user, token, keys(30, 20, 10))
     assert await cache.remove_posts(users, keys(20)) == 3
     for user in users:
         assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(30, 10)
@@ -92,6 +92,16 @@ async def test_remove_posts_from_many_feeds(cache: FeedCache) -> None:
 async def test_fanout_chunks_many_recipients(cache: FeedCache) -> None:
     users = [next(_user_ids) for _ in range(FeedCache.CHUNK + 7)]
     for user in users[::2]:
-        await cache.begin_rebuild(user)
-        await cache.commit_rebuild(user, [])
+        token = await cache.begin_rebuild(user)
+        await cache.commit_rebuild(user, token, [])
     assert await cache.add_post(users, 99, 7) == len(users[::2])
+
+
+async def test_only_the_newest_rebuild_may_commit(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    slow = await cache.begin_rebuild(user)  # read the database before the follow below
+    await cache.invalidate(user)  # a follow
+    fresh = await cache.begin_rebuild(user)  # a reader after the follow
+    assert not await cache.commit_rebuild(user, slow, keys(10))  # stale: refused
+    assert await cache.commit_rebuild(user, fresh, keys(20, 10))
+    assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(20, 10)
