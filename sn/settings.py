@@ -25,6 +25,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     redis_url: str | None = None
     amqp_url: str | None = None
+    # Prefix of the bus's exchanges/queues (RabbitMQ) or streams (Redis): several deployments
+    # can share one broker.
+    bus_prefix: str = "sn"
 
     # HTTP server.
     host: str = "0.0.0.0"

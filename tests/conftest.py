@@ -48,6 +48,16 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 @pytest.fixture(scope="session")
 def database_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh database for this session (and xdist worker), migrated, dropped at the end."""
+    yield from _fresh_database(postgres_admin_url)
+
+
+@pytest.fixture(scope="module")
+def private_database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A database no running server touches (for tests that own tables such as the outbox)."""
+    yield from _fresh_database(postgres_admin_url)
+
+
+def _fresh_database(postgres_admin_url: str) -> Iterator[str]:
     name = f"sn_test_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:

@@ -16,5 +16,5 @@ def create_bus(settings: Settings, redis: Redis, *, consumer: str) -> FeedBus:
     """`consumer` names this process among the Redis group's consumers (RabbitMQ does not need it)."""
     node_id = settings.node_id or socket.gethostname()
     if settings.amqp_url:
-        return RabbitBus(settings.amqp_url, node_id=node_id)
-    return RedisStreamBus(redis, node_id=node_id, consumer=consumer)
+        return RabbitBus(settings.amqp_url, node_id=node_id, prefix=settings.bus_prefix)
+    return RedisStreamBus(redis, node_id=node_id, consumer=consumer, prefix=settings.bus_prefix)
