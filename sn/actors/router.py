@@ -30,8 +30,11 @@ CLAIM_IDLE_MS = 10_000
 
 
 class StreamRouter:
-    def __init__(self, redis: Redis, hub: Hub, *, consumer: str | None = None) -> None:
+    def __init__(
+        self, redis: Redis, hub: Hub, *, consumer: str | None = None, claim_idle_ms: int = CLAIM_IDLE_MS
+    ) -> None:
         self._redis = redis
+        self._claim_idle_ms = claim_idle_ms
         self._hub = hub
         self._stream = hub.stream_key
         self._consumer = consumer or f"pid-{os.getpid()}"
@@ -61,7 +64,7 @@ class StreamRouter:
         start = "0-0"
         while True:
             result: Any = await self._redis.xautoclaim(
-                self._stream, GROUP, self._consumer, CLAIM_IDLE_MS, start_id=start, count=READ_COUNT
+                self._stream, GROUP, self._consumer, self._claim_idle_ms, start_id=start, count=READ_COUNT
             )
             start, entries = result[0], result[1]
             if entries:
