@@ -221,6 +221,11 @@ class RabbitBus:
 
         channel = await self._open_consumer(queue, on_message, prefetch)
         try:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # aiormq's RPC timeouts use asyncio.wait_for, which on Python 3.11 can drop a
+                # cancellation landing as the call completes: do not wait forever after one.
+                raise asyncio.CancelledError
             await self._closed.wait()
         finally:
             stopping = True
