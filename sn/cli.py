@@ -143,11 +143,17 @@ def _migrate(settings: Settings) -> None:
 def _admin_token(settings: Settings, user_id: str, ttl: int) -> None:
     from sn.auth import TokenService
     from sn.ids import parse_id
+    from sn.settings import with_overrides
 
     uid = parse_id(user_id)
     if uid is None:
         raise SettingsError(f"not a valid user id: {user_id!r}")
-    print(TokenService(settings.require_secret(), settings.jwt_ttl_seconds).issue(uid, admin=True, ttl_seconds=ttl))
+    secret = settings.jwt_secret
+    dev_secret = Path(settings.data_dir) / "jwt-secret"
+    if not secret and dev_secret.is_file():
+        secret = dev_secret.read_text().strip()  # the secret `sn dev` generated for this checkout
+    signer = TokenService(with_overrides(settings, jwt_secret=secret).require_secret(), settings.jwt_ttl_seconds)
+    print(signer.issue(uid, admin=True, ttl_seconds=ttl))
 
 
 def build_parser() -> argparse.ArgumentParser:
