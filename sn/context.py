@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -109,7 +108,7 @@ class Services:
             social=social,
             celebrity_threshold=lambda: live.current.celebrity_threshold,
         )
-        node_id = settings.node_id or socket.gethostname()
+        node_id = settings.resolved_node_id()
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
         presence = Presence(redis)

@@ -60,6 +60,10 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "sanic.server": {"level": level, "handlers": ["console"], "propagate": False},
             "sanic.websockets": {"level": "WARNING", "handlers": ["console"], "propagate": False},
             "sanic.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
+            # aio-pika/aiormq log an ERROR per channel and a traceback on every connection loss and
+            # retry; RabbitBus logs "rabbitmq lost"/"regained" once per transition instead.
+            "aio_pika": {"level": "CRITICAL", "handlers": ["console"], "propagate": False},
+            "aiormq": {"level": "CRITICAL", "handlers": ["console"], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": ["console"]},
     }

@@ -83,6 +83,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "var"
     dev_mode: bool = False
 
+    def resolved_node_id(self) -> str:
+        """This server's name in stream and presence keys: SN_NODE_ID (the pod name in Kubernetes),
+        else host:port, so two servers on one host never read each other's streams."""
+        import socket
+
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
+
     def require_secret(self) -> str:
         if not self.jwt_secret:
             raise SettingsError("SN_JWT_SECRET is not set: refusing to start without a token signing secret")

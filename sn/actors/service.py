@@ -9,12 +9,12 @@ crashing instead of spinning (it is then reported as failed in /stats).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from sn.actors.policy import RestartDecision, RestartPolicy, RestartTracker
+from sn.tasks import cancel_and_wait
 
 log = logging.getLogger("sn.actors")
 
@@ -57,6 +57,4 @@ class SupervisedLoop:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

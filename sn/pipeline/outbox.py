@@ -19,6 +19,7 @@ import asyncpg
 
 from sn.pipeline import events
 from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
+from sn.tasks import cancel_and_wait
 
 log = logging.getLogger("sn.pipeline.outbox")
 
@@ -61,9 +62,7 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = self._sweep_interval

@@ -125,8 +125,8 @@ class RedisHarness(BusHarness):
         return RedisStreamBus(self.client(proxy), node_id="test", consumer=consumer, prefix=self.prefix, **options)
 
     async def dead_bodies(self) -> list[bytes]:
-        entries = await self.client().xrange(f"{self.prefix}:bus:dead")
-        return [fields[b"body"] for _, fields in entries if fields]
+        entries: Any = await self.client().xrange(f"{self.prefix}:bus:dead")
+        return [fields[b"body"] for _, fields in entries]
 
     async def _cleanup(self) -> None:
         admin = self.client()

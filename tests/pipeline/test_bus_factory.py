@@ -22,11 +22,12 @@ async def test_rabbitmq_when_an_amqp_url_is_set() -> None:
     await redis.aclose()
 
 
-async def test_redis_streams_otherwise_named_after_the_host() -> None:
+async def test_redis_streams_otherwise_named_after_the_host_and_port() -> None:
     redis = Redis()
     bus = create_bus(Settings(), redis, consumer="w0")
     assert isinstance(bus, RedisStreamBus)
     assert bus.kind == "redis-streams"
     assert bus.streams == {"feed": "sn:bus:feed", "celebrity": "sn:bus:celebrity"}
-    assert bus.consumer_name == f"{socket.gethostname()}:w0"
+    # host:port: two servers on one machine must not share consumer names or worker streams.
+    assert bus.consumer_name == f"{socket.gethostname()}:9000:w0"
     await redis.aclose()

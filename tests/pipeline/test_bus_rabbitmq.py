@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
+from typing import Any
 
 import aio_pika
 import pytest
@@ -54,9 +55,10 @@ async def test_dead_lettered_message_keeps_its_id_and_attempts(rabbit_harness: R
     assert message is not None
     assert message.message_id == "bad-1"
     assert message.headers[ATTEMPT_HEADER] == 2
-    [death] = message.headers["x-death"]  # type: ignore[misc]
-    assert death["reason"] == "rejected"  # type: ignore[index]
-    assert death["queue"] == bus.queue_names["celebrity"]  # type: ignore[index]
+    deaths: Any = message.headers["x-death"]
+    assert len(deaths) == 1
+    assert deaths[0]["reason"] == "rejected"
+    assert deaths[0]["queue"] == bus.queue_names["celebrity"]
 
 
 def _rabbitmqctl(*args: str) -> str:

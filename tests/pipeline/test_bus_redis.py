@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sn.pipeline.redis_bus import GROUP, RedisStreamBus
 from tests.pipeline.conftest import Inbox, RedisHarness, eventually
@@ -15,7 +16,7 @@ async def test_entries_of_a_crashed_consumer_are_claimed(redis_harness: RedisHar
     await bus.publish("feed", b'{"orphan":1}', message_id="o1")
     # A worker reads the entry and dies before acking it.
     raw = redis_harness.client()
-    reply = await raw.xreadgroup(GROUP, "crashed-worker", {stream: ">"}, count=10)
+    reply: Any = await raw.xreadgroup(GROUP, "crashed-worker", {stream: ">"}, count=10)
     assert len(reply[0][1]) == 1
 
     inbox = Inbox()
@@ -65,7 +66,8 @@ async def test_dead_entry_records_where_it_came_from(redis_harness: RedisHarness
 
     await eventually(lambda: bus.stats()["dead_lettered"] == 1, what="dead-lettering")
     raw = redis_harness.client()
-    [(_, fields)] = await raw.xrange(bus.dead_stream)
+    entries: Any = await raw.xrange(bus.dead_stream)
+    [(_, fields)] = entries
     assert fields[b"body"] == b'{"bad":1}'
     assert fields[b"id"] == b"bad-1"
     assert fields[b"stream"] == bus.streams["celebrity"].encode()
