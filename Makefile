@@ -22,8 +22,8 @@ run: $(STAMP)
 test: $(STAMP) lint pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check sn tests bench
-	$(BIN)/ruff format --check sn tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 pytest: $(STAMP)
