@@ -1,0 +1,176 @@
+"""`sn seed` end to end: the real CLI loads the session database, the real server serves the result.
+
+The session database is shared with the rest of the suite, so every check is restricted to the
+seeded ids (read back from --ids-out) rather than whole-table counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from sn.ids import timestamp_ms
+from tests.conftest import JWT_SECRET
+from tests.support import FAST_HASHING, ROOT
+
+USERS = 2000
+FOLLOWS = 10
+POSTS = 2
+CELEBRITIES = 2
+CELEBRITY_FOLLOWERS = 500
+PASSWORD = "seeded secret"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    user_ids: list[int]
+    output: str
+    reader: int  # a seeded user whose followees have posted: their feed cannot be empty
+
+
+async def _reader(database_url: str, user_ids: list[int]) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        reader = await conn.fetchval(
+            "SELECT f.user_id FROM friendships f JOIN posts p ON p.author_id = f.friend_id"
+            " WHERE f.user_id = ANY($1) LIMIT 1",
+            user_ids,
+        )
+    finally:
+        await conn.close()
+    assert isinstance(reader, int)
+    return reader
+
+
+@pytest.fixture(scope="module")
+def seeded(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    ids_out = tmp_path_factory.mktemp("seed") / "ids.txt"
+    env = {
+        **os.environ,
+        # The session server verifies with whatever cost the hash records; a cheap one keeps login fast.
+        **FAST_HASHING,
+        "SN_DATABASE_URL": database_url,
+        # Lease the generator id from the suite's Redis, as seeding next to a live server would.
+        "SN_REDIS_URL": redis_url,
+        "SN_JWT_SECRET": JWT_SECRET,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "sn",
+        "seed",
+        f"--users={USERS}",
+        f"--follows-per-user={FOLLOWS}",
+        f"--posts-per-user={POSTS}",
+        f"--celebrities={CELEBRITIES}",
+        f"--celebrity-followers={CELEBRITY_FOLLOWERS}",
+        f"--password={PASSWORD}",
+        f"--ids-out={ids_out}",
+    ]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    user_ids = [int(line) for line in Path(ids_out).read_text().split()]
+    # In a thread of its own: asyncio.run here, between async tests, would reset the main
+    # thread's current event loop under pytest-asyncio's session loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reader = pool.submit(asyncio.run, _reader(database_url, user_ids)).result()
+    return Seeded(user_ids=user_ids, output=result.stdout, reader=reader)
+
+
+def test_seed_reports_and_writes_ids(seeded: Seeded) -> None:
+    assert len(seeded.user_ids) == USERS
+    assert len(set(seeded.user_ids)) == USERS
+    assert f"seeded {USERS} users" in seeded.output
+
+
+async def test_seeded_rows_are_consistent(seeded: Seeded, database_url: str) -> None:
+    ids = seeded.user_ids
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE id = ANY($1)", ids) == USERS
+        assert await conn.fetchval("SELECT count(*) FROM user_emails WHERE user_id = ANY($1)", ids) == USERS
+        blank = await conn.fetchval(
+            "SELECT count(*) FROM users WHERE id = ANY($1) AND (first_name = '' OR second_name = '' OR city = '')", ids
+        )
+        assert blank == 0
+
+        # Everyone follows exactly FOLLOWS users besides the celebrities they were assigned, and
+        # only seeded users: the seed never reaches into rows it did not create.
+        per_user = await conn.fetch(
+            "SELECT user_id, count(*) AS n, bool_and(friend_id = ANY($1)) AS seeded_only"
+            " FROM friendships WHERE user_id = ANY($1) GROUP BY user_id",
+            ids,
+        )
+        assert len(per_user) == USERS
+        assert all(row["seeded_only"] for row in per_user)
+        assert min(row["n"] for row in per_user) == FOLLOWS
+        assert max(row["n"] for row in per_user) <= FOLLOWS + CELEBRITIES
+
+        self_follows = await conn.fetchval(
+            "SELECT count(*) FROM friendships WHERE user_id = ANY($1) AND user_id = friend_id", ids
+        )
+        assert self_follows == 0
+
+        # followers is the exact mirror of friendships: same pairs, reversed, nothing extra.
+        follows = await conn.fetchval("SELECT count(*) FROM friendships WHERE user_id = ANY($1)", ids)
+        mirrored = await conn.fetchval("SELECT count(*) FROM followers WHERE follower_id = ANY($1)", ids)
+        assert follows == mirrored
+        unmatched = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT user_id, friend_id FROM friendships WHERE user_id = ANY($1)"
+            " EXCEPT SELECT follower_id, author_id FROM followers WHERE follower_id = ANY($1)) AS missing",
+            ids,
+        )
+        assert unmatched == 0
+
+        top = await conn.fetch(
+            "SELECT author_id, count(*) AS n FROM followers WHERE author_id = ANY($1)"
+            " GROUP BY author_id ORDER BY n DESC LIMIT $2",
+            ids,
+            CELEBRITIES,
+        )
+        assert [row["n"] >= CELEBRITY_FOLLOWERS for row in top] == [True] * CELEBRITIES
+
+        posts = await conn.fetch("SELECT id, author_id, created_at FROM posts WHERE author_id = ANY($1)", ids)
+        assert len(posts) == USERS * POSTS
+        indexed = await conn.fetchval(
+            "SELECT count(*) FROM post_index i JOIN posts p ON p.id = i.id AND p.author_id = i.author_id"
+            " WHERE i.author_id = ANY($1)",
+            ids,
+        )
+        assert indexed == len(posts)
+        for row in posts[:200]:
+            created: dt.datetime = row["created_at"]
+            assert round(created.timestamp() * 1000) == timestamp_ms(row["id"])
+    finally:
+        await conn.close()
+
+
+def test_seeded_user_logs_in_and_reads_feed(seeded: Seeded, client: httpx.Client) -> None:
+    reader = seeded.reader
+    wrong = client.post("/login", json={"id": str(reader), "password": PASSWORD + "x"})
+    assert wrong.status_code == 400
+    login = client.post("/login", json={"id": str(reader), "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    headers = {"Authorization": f"Bearer {login.json()['token']}"}
+
+    feed = client.get("/post/feed", headers=headers)
+    assert feed.status_code == 200, feed.text
+    posts = feed.json()
+    assert posts
+    assert {post["author_user_id"] for post in posts} <= {str(uid) for uid in seeded.user_ids}
+    # Newest first, by id: the order the feed cache and the rebuild query both use.
+    assert [int(p["id"]) for p in posts] == sorted((int(p["id"]) for p in posts), reverse=True)
+
+    profile = client.get(f"/user/get/{reader}")
+    assert profile.status_code == 200
+    assert profile.json()["id"] == str(reader)
