@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from sn.storage.migrations import migrate
 from tests.support import ServerProcess, User, port_open, register
@@ -149,6 +150,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     yield r
     with contextlib.suppress(Exception):
         r.close()
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[AsyncRedis]:
+    """An asyncio Redis client on the session's test database."""
+    client = AsyncRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

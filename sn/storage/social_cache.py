@@ -9,6 +9,7 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -42,31 +43,30 @@ class SocialCache:
         self._ttl = ttl_seconds
         self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
 
-    async def _cached_set(self, key: str, load: list[int]) -> None:
+    async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
+        """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded."""
+        members = await self._redis.smembers(key)
+        if members:
+            return [int(m) for m in members if m != b"0"], False
+        loaded = await load()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.sadd(key, _EMPTY, *load)
+            pipe.sadd(key, _EMPTY, *loaded)
             pipe.expire(key, self._ttl)
             await pipe.execute()
+        return loaded, True
 
     async def followers(self, author_id: int) -> list[int]:
-        key = _FOLLOWERS.format(author_id)
-        members = await self._redis.smembers(key)
-        if members:
-            return [int(m) for m in members if m != b"0"]
-        loaded = await self._friends.followers(author_id)
-        await self._cached_set(key, loaded)
-        await self._redis.zadd(COUNTS_KEY, {str(author_id): len(loaded)})
-        return loaded
+        followers, loaded = await self._cached_list(
+            _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id)
+        )
+        if loaded:  # a fresh count for free
+            await self._redis.zadd(COUNTS_KEY, {str(author_id): len(followers)})
+        return followers
 
     async def following(self, user_id: int) -> list[int]:
-        key = _FOLLOWING.format(user_id)
-        members = await self._redis.smembers(key)
-        if members:
-            return [int(m) for m in members if m != b"0"]
-        loaded = await self._friends.following(user_id)
-        await self._cached_set(key, loaded)
-        return loaded
+        following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))
+        return following
 
     async def follower_count(self, author_id: int) -> int:
         score = await self._redis.zscore(COUNTS_KEY, str(author_id))

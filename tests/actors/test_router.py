@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from sn.actors.encoding import PayloadCache
@@ -30,19 +28,17 @@ class Recorder:
         self.events.append(event)
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-def make_hub(redis: Redis) -> Hub:
+def make_hub(aredis: Redis) -> Hub:
     async def following(user_id: int) -> list[int]:
         return []
 
     return Hub(
-        redis, Presence(redis), EventLog(redis), node_id="test", worker_name=uuid.uuid4().hex[:8], following=following
+        aredis,
+        Presence(aredis),
+        EventLog(aredis),
+        node_id="test",
+        worker_name=uuid.uuid4().hex[:8],
+        following=following,
     )
 
 
@@ -59,46 +55,46 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met")
 
 
-async def test_router_delivers_to_recipients_and_acks(redis: Redis) -> None:
-    hub = make_hub(redis)
+async def test_router_delivers_to_recipients_and_acks(aredis: Redis) -> None:
+    hub = make_hub(aredis)
     alice, bob = Recorder(1), Recorder(2)
     hub._by_user = {1: {alice}, 2: {bob}}  # type: ignore[dict-item]
-    router = StreamRouter(redis, hub)
+    router = StreamRouter(aredis, hub)
     task = asyncio.create_task(router.run())
     try:
         await asyncio.sleep(0.2)  # the group exists once run() started
-        await redis.xadd(hub.stream_key, entry(7, "1,2"))
-        await redis.xadd(hub.stream_key, entry(8, "2"))
+        await aredis.xadd(hub.stream_key, entry(7, "1,2"))
+        await aredis.xadd(hub.stream_key, entry(8, "2"))
         await _until(lambda: len(bob.events) == 2)
         assert [e.event_id for e in alice.events] == [7]
         assert [e.post_id for e in bob.events] == ["7", "8"]
-        pending = await redis.xpending(hub.stream_key, GROUP)
+        pending = await aredis.xpending(hub.stream_key, GROUP)
         assert pending["pending"] == 0  # everything acknowledged
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await redis.delete(hub.stream_key)
+        await aredis.delete(hub.stream_key)
 
 
-async def test_entries_left_by_a_dead_consumer_are_claimed(redis: Redis) -> None:
-    hub = make_hub(redis)
+async def test_entries_left_by_a_dead_consumer_are_claimed(aredis: Redis) -> None:
+    hub = make_hub(aredis)
     carol = Recorder(3)
     hub._by_user = {3: {carol}}  # type: ignore[dict-item]
-    await redis.xgroup_create(hub.stream_key, GROUP, id="$", mkstream=True)
-    await redis.xadd(hub.stream_key, entry(11, "3"))
+    await aredis.xgroup_create(hub.stream_key, GROUP, id="$", mkstream=True)
+    await aredis.xadd(hub.stream_key, entry(11, "3"))
     # A previous incarnation read it and died before acknowledging.
-    await redis.xreadgroup(GROUP, "dead-worker", {hub.stream_key: ">"}, count=10)
+    await aredis.xreadgroup(GROUP, "dead-worker", {hub.stream_key: ">"}, count=10)
     await asyncio.sleep(0.15)
-    router = StreamRouter(redis, hub, consumer="new-worker", claim_idle_ms=100)
+    router = StreamRouter(aredis, hub, consumer="new-worker", claim_idle_ms=100)
     task = asyncio.create_task(router.run())
     try:
         await _until(lambda: len(carol.events) == 1)
         assert carol.events[0].event_id == 11
         assert router.claimed == 1
-        assert (await redis.xpending(hub.stream_key, GROUP))["pending"] == 0
+        assert (await aredis.xpending(hub.stream_key, GROUP))["pending"] == 0
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await redis.delete(hub.stream_key)
+        await aredis.delete(hub.stream_key)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,26 +13,19 @@ _user_ids = itertools.count(10_000_000)
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def cache(redis: Redis) -> FeedCache:
-    return FeedCache(redis, size=10, ttl_seconds=60)
+def cache(aredis: Redis) -> FeedCache:
+    return FeedCache(aredis, size=10, ttl_seconds=60)
 
 
 def keys(*ids: int) -> list[tuple[int, int]]:
     return [(post_id, 7) for post_id in ids]
 
 
-async def test_absent_feed_is_a_miss_and_fanout_skips_it(cache: FeedCache, redis: Redis) -> None:
+async def test_absent_feed_is_a_miss_and_fanout_skips_it(cache: FeedCache, aredis: Redis) -> None:
     user = next(_user_ids)
     assert not (await cache.page(user, offset=0, limit=5, before=None)).hit
     assert await cache.add_post([user], 100, 7) == 0
-    assert not await redis.exists(feed_key(user))
+    assert not await aredis.exists(feed_key(user))
 
 
 async def test_rebuild_then_fanout_then_page(cache: FeedCache) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from redis.asyncio import Redis
 
@@ -11,15 +9,8 @@ from sn.storage import idlease
 from sn.storage.idlease import GeneratorLease
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-async def test_live_leases_never_share_an_id(redis: Redis) -> None:
-    leases = [GeneratorLease(redis) for _ in range(20)]
+async def test_live_leases_never_share_an_id(aredis: Redis) -> None:
+    leases = [GeneratorLease(aredis) for _ in range(20)]
     ids = [await lease.acquire() for lease in leases]
     try:
         assert len(set(ids)) == len(ids)
@@ -28,13 +19,13 @@ async def test_live_leases_never_share_an_id(redis: Redis) -> None:
             await lease.release()
 
 
-async def test_lost_lease_is_replaced_not_stolen_back(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_lost_lease_is_replaced_not_stolen_back(aredis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(idlease, "LEASE_TTL_SECONDS", 1)
     changes: list[int] = []
-    lease = GeneratorLease(redis, on_change=changes.append)
+    lease = GeneratorLease(aredis, on_change=changes.append)
     original = await lease.acquire()
     key = f"sn:idgen:lease:{original}"
-    await redis.set(key, "another-process")  # our lease expired and someone else took the id
+    await aredis.set(key, "another-process")  # our lease expired and someone else took the id
     try:
         import asyncio
 
@@ -44,7 +35,7 @@ async def test_lost_lease_is_replaced_not_stolen_back(redis: Redis, monkeypatch:
             await asyncio.sleep(0.05)
         assert changes
         assert changes[-1] != original
-        assert await redis.get(key) == b"another-process"  # not taken back
+        assert await aredis.get(key) == b"another-process"  # not taken back
     finally:
         await lease.release()
-        await redis.delete(key)
+        await aredis.delete(key)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from sn.actors.messages import Event, event_from_json, event_to_json
@@ -16,19 +14,12 @@ from sn.storage.presence import Presence, presence_key
 _ids = itertools.count(50_000_000)
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def body(post_id: int, author: int) -> bytes:
     return event_to_json(Event(event_id=0, type="post_created", post_id=str(post_id), author_user_id=str(author)))
 
 
-async def test_presence_groups_online_users_by_worker_stream(redis: Redis) -> None:
-    presence = Presence(redis, ttl_seconds=30)
+async def test_presence_groups_online_users_by_worker_stream(aredis: Redis) -> None:
+    presence = Presence(aredis, ttl_seconds=30)
     a, b, c = next(_ids), next(_ids), next(_ids)
     await presence.refresh([a, b], "stream:w1")
     await presence.refresh([b], "stream:w2")  # b has tabs on two workers
@@ -38,23 +29,23 @@ async def test_presence_groups_online_users_by_worker_stream(redis: Redis) -> No
     assert await presence.locate([b]) == {"stream:w2": [b]}
 
 
-async def test_presence_of_a_dead_worker_expires(redis: Redis) -> None:
-    presence = Presence(redis, ttl_seconds=30)
+async def test_presence_of_a_dead_worker_expires(aredis: Redis) -> None:
+    presence = Presence(aredis, ttl_seconds=30)
     user = next(_ids)
-    await redis.zadd(presence_key(user), {"stream:dead": 1.0})  # its last heartbeat expired long ago
+    await aredis.zadd(presence_key(user), {"stream:dead": 1.0})  # its last heartbeat expired long ago
     await presence.refresh([user], "stream:alive")
     assert await presence.locate([user]) == {"stream:alive": [user]}
-    assert await redis.zscore(presence_key(user), "stream:dead") is None  # swept on refresh
+    assert await aredis.zscore(presence_key(user), "stream:dead") is None  # swept on refresh
 
 
-async def test_route_to_followers_is_logged_and_reaches_online_streams(redis: Redis) -> None:
-    presence, log = Presence(redis), EventLog(redis)
+async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: Redis) -> None:
+    presence, log = Presence(aredis), EventLog(aredis)
     author, online, offline = next(_ids), next(_ids), next(_ids)
     stream = f"sn:rt:stream:test:{author}"
     await presence.refresh([online], stream)
     event_id, reached = await log.route_to_followers(body(1, author), author, [online, offline])
     assert reached == 1
-    entries = await redis.xrange(stream)
+    entries = await aredis.xrange(stream)
     assert len(entries) == 1
     fields = entries[0][1]
     assert int(fields[b"e"]) == event_id
@@ -66,8 +57,8 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(redis: Re
     assert [eid for eid, _ in replay.events] == [event_id]
 
 
-async def test_replay_filters_by_author_and_detects_gaps(redis: Redis) -> None:
-    log = EventLog(redis)
+async def test_replay_filters_by_author_and_detects_gaps(aredis: Redis) -> None:
+    log = EventLog(aredis)
     followed, stranger = next(_ids), next(_ids)
     first, _ = await log.route_to_followers(body(10, followed), followed, [])
     await log.route_to_followers(body(11, stranger), stranger, [])
@@ -79,10 +70,10 @@ async def test_replay_filters_by_author_and_detects_gaps(redis: Redis) -> None:
     assert (await log.replay(first - 1, {followed}, limit=1)).gap  # more missed than the cap
 
 
-async def test_replay_older_than_the_log_is_a_gap(redis: Redis) -> None:
-    log = EventLog(redis)
+async def test_replay_older_than_the_log_is_a_gap(aredis: Redis) -> None:
+    log = EventLog(aredis)
     author = next(_ids)
     first, _ = await log.route_to_followers(body(20, author), author, [])
-    await redis.xtrim(eventlog_module.LOG_KEY, minid=f"{first + 1}-0")  # trimmed away
+    await aredis.xtrim(eventlog_module.LOG_KEY, minid=f"{first + 1}-0")  # trimmed away
     await log.route_to_followers(body(21, author), author, [])
     assert (await log.replay(first - 1, {author}, limit=10)).gap
