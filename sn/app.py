@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
                 extra={
                     "request_id": str(request.id),
                     "status": response.status,
-                    "remote": request.remote_addr,
+                    "remote": request.remote_addr or request.ip,
                 },
             )
 
