@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sn.actors.actions import Action, Close, SendText
 from sn.actors.connection import ConnectionState
@@ -124,6 +124,3 @@ class SocketActor:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._writer
-
-    def describe(self) -> dict[str, Any]:
-        return {"user_id": str(self.user_id), "pending": self.state.pending, "closed": self.state.closed}

@@ -34,7 +34,7 @@ async def stats(request: Request) -> HTTPResponse:
     app = services(request)
     workers = await cluster_stats(app.redis)
     live = await app.live.refresh()
-    celebrities = await app.social.celebrities(live.celebrity_threshold, limit=100_000)
+    total_celebrities = await app.social.celebrity_count(live.celebrity_threshold)
     outbox_pending = await app.relay.pending()
     body: dict[str, Any] = {
         "websocket": {
@@ -57,7 +57,7 @@ async def stats(request: Request) -> HTTPResponse:
             "threshold": live.celebrity_threshold,
             "batch_size": live.batch_size,
             "batch_delay": live.batch_delay,
-            "total_celebrities": len(celebrities),
+            "total_celebrities": total_celebrities,
         },
         "workers": [msgspec.structs.asdict(w) for w in workers],
     }

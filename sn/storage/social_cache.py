@@ -89,6 +89,9 @@ class SocialCache:
         count = await self._friends.follower_count(friend_id)
         await self._redis.zadd(COUNTS_KEY, {str(friend_id): count})
 
+    async def celebrity_count(self, threshold: int) -> int:
+        return int(await self._redis.zcount(COUNTS_KEY, threshold, "+inf"))
+
     async def celebrities(self, threshold: int, limit: int = 1000) -> list[tuple[int, int]]:
         rows: Any = await self._redis.zrange(
             COUNTS_KEY, "+inf", threshold, desc=True, byscore=True, withscores=True, offset=0, num=limit
