@@ -33,5 +33,15 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	bash bench/run.sh
 
+## The whole system in Docker (Citus coordinator + 3 workers, Redis, RabbitMQ, the app) on http://localhost:9000.
+## Needs Docker with Compose 2.24+; see README "Deployment". FRESH=1 starts from empty volumes.
+.PHONY: compose-up compose-down
+compose-up:
+	bash scripts/setup.sh $(if $(FRESH),--fresh)
+
+## Stop it and remove its containers, network and volumes (deploy/compose/.env is kept).
+compose-down:
+	bash scripts/cleanup.sh
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from sanic.response import BaseHTTPResponse
 
 from sn import logs
 from sn.actors.actions import CLOSE_GOING_AWAY
-from sn.api import dialogs, friends, health, monitoring, openapi, posts, users, ws
+from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
 from sn.context import Services
 from sn.errors import ApiError, ServiceUnavailable
 from sn.models import Message, ServerError
@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
 
     app.config.WEBSOCKET_MAX_SIZE = ws.MAX_FRAME_BYTES  # larger client frames: closed with 1009
 
-    for module in (users, friends, posts, dialogs, health, openapi, ws, monitoring):
+    for module in (users, friends, posts, dialogs, health, openapi, ws, monitoring, admin):
         app.blueprint(module.bp)
 
     @app.before_server_start

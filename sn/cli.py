@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sn import wsclient
 
     wsclient.add_arguments(sub.add_parser("ws-client", help="try the real-time feed by hand (simple or multi)"))
+    from sn import cluster_cli
+
+    cluster_cli.add_arguments(sub)
     return parser
 
 
@@ -199,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sn.wsclient import run
 
             return run(args)
+        elif args.command in ("cluster", "hot"):
+            from sn import cluster_cli
+
+            return cluster_cli.run(settings, args)
     except SettingsError as exc:
         print(f"sn: configuration error: {exc}", file=sys.stderr)
         return 2

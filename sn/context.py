@@ -26,6 +26,7 @@ from sn.pipeline.factory import create_bus
 from sn.pipeline.outbox import Outbox, OutboxRelay
 from sn.settings import Settings
 from sn.storage.cache import PostCache, ProfileCache
+from sn.storage.cluster import HotPromoter
 from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
 from sn.storage.eventlog import EventLog
@@ -163,6 +164,16 @@ class Services:
             SupervisedLoop("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64)),
             # One celebrity fan-out at a time per worker: its batches are paced, not parallel.
             SupervisedLoop("celebrity", lambda: self.bus.consume("celebrity", self.celebrity.handle, prefetch=1)),
+            # Citus only: moves users who reached the celebrity threshold to the hot worker.
+            SupervisedLoop(
+                "hot-promoter",
+                HotPromoter(
+                    str(self.settings.database_url),
+                    self.pool,
+                    self.social.celebrities,
+                    lambda: self.live.current.celebrity_threshold,
+                ).run,
+            ),
         ]
         for loop in self.loops:
             loop.start()

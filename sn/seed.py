@@ -35,14 +35,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
 import math
 import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import count, islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,8 @@ SEEDER_GENERATOR_ID = 1023
 # chunks in flight stay within tens of megabytes and generation overlaps copying.
 _CHUNK_ROWS = 200_000
 _USER_CHUNK = 10_000
+# Distinct post texts per language; posts pick from these (see `_Generator._text_pool`).
+_TEXT_POOL = 5_000
 # Share of users with Russian names; the rest are English.
 _RUSSIAN_SHARE = 0.7
 
@@ -341,7 +342,7 @@ class SeedPlan:
 
 # -- binary COPY payloads -------------------------------------------------------------------------
 # The pair tables (friendships, followers, post_index) and posts are 95% of the rows. Building a
-# Python tuple per row and having asyncpg encode it costs ~1.5 us a row under one GIL; splicing
+# Python tuple per row and having asyncpg encode it costs over 1 us a row under one GIL; splicing
 # precomputed big-endian fields into PostgreSQL's binary COPY format is a bytes join per user.
 # Users and e-mails, with dates, arrays and nullable text, go through copy_records_to_table.
 
@@ -403,6 +404,9 @@ class _Generator:
     offset: int = 0
     post_ids: list[int] = field(default_factory=list)
     post_authors: list[int] = field(default_factory=list)
+    # Encoded post texts to pick from: composing each of 500k posts anew costs seconds.
+    ru_texts: list[bytes] = field(default_factory=list)
+    en_texts: list[bytes] = field(default_factory=list)
 
     def make_user_ids(self) -> None:
         n = self.plan.users
@@ -457,7 +461,7 @@ class _Generator:
         n, rnd = self.plan.users, self.rnd
         self.followers_of = [[] for _ in range(n)]
         if n > 1:
-            self.stride = next(s for s in itertools.count(rnd.randrange(n // 3, n)) if math.gcd(s, n) == 1)
+            self.stride = next(s for s in count(rnd.randrange(n // 3, n)) if math.gcd(s, n) == 1)
             self.offset = rnd.randrange(n)
         for celebrity in rnd.sample(range(n), self.plan.celebrities):
             # F distinct users other than the celebrity: sample n-1 slots and skip over its index.
@@ -538,6 +542,8 @@ class _Generator:
         self.rnd.shuffle(activity)
         self.post_ids = [self.ids.next_id() for _ in range(total)]
         self.post_authors = [activity[int(n * r**1.5)] for r in [rnd() for _ in range(total)]]
+        self.ru_texts = self._text_pool(_RU_SENTENCES, _RU_TOPICS, _RU_INTERESTS)
+        self.en_texts = self._text_pool(_EN_SENTENCES, _EN_TOPICS, _EN_INTERESTS)
 
     def posts_by_author(self) -> list[list[int]]:
         by_author: list[list[int]] = [[] for _ in range(self.plan.users)]
@@ -545,8 +551,7 @@ class _Generator:
             by_author[author].append(post_id)  # ids ascend, so each list is in key order
         return by_author
 
-    def post_texts(self, sentences: Sequence[str], topics: Sequence[str], interests: Sequence[str]) -> list[bytes]:
-        """A pool of encoded post texts: composing each of 500k posts anew costs seconds."""
+    def _text_pool(self, sentences: Sequence[str], topics: Sequence[str], interests: Sequence[str]) -> list[bytes]:
         rnd = self.rnd
         pool = []
         for _ in range(_TEXT_POOL):
@@ -557,9 +562,7 @@ class _Generator:
         return pool
 
     def posts_chunk(self, by_author: list[list[int]], start: int, stop: int) -> _Payload:
-        id_bytes, choice = self.id_bytes, self.rnd.choice
-        ru_texts = self.post_texts(_RU_SENTENCES, _RU_TOPICS, _RU_INTERESTS)
-        en_texts = self.post_texts(_EN_SENTENCES, _EN_TOPICS, _EN_INTERESTS)
+        id_bytes, choice, ru_texts, en_texts = self.id_bytes, self.rnd.choice, self.ru_texts, self.en_texts
         shift = GENERATOR_BITS + SEQUENCE_BITS
         parts: list[bytes] = []
         rows = 0
@@ -584,9 +587,6 @@ class _Generator:
             for post_id, author in zip(self.post_ids[start:stop], self.post_authors[start:stop], strict=True)
         ]
         return _payload(parts, len(parts))
-
-
-_TEXT_POOL = 2_000
 
 
 def _ranges(sizes: Sequence[int], budget: int) -> list[tuple[int, int]]:

@@ -79,6 +79,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     celebrity_batch_delay: float = 0.1
     node_id: str | None = None
 
+    # Citus (`sn cluster init`): comma-separated host:port of the regular workers, and the hot
+    # worker that holds only hot users' shards. Unused on single-node PostgreSQL.
+    citus_workers: str | None = None
+    citus_hot_worker: str | None = None
+
     # Where `sn dev` keeps embedded servers' data.
     data_dir: str = "var"
     dev_mode: bool = False

@@ -22,6 +22,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from sn.storage.migrations import migrate
+from tests import citus_support
 from tests.support import ServerProcess, User, port_open, register
 
 JWT_SECRET = "test-secret-" + uuid.uuid4().hex
@@ -35,7 +36,9 @@ def _with_database(url: str, database: str) -> str:
 @pytest.fixture(scope="session")
 def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("SN_TEST_DATABASE_URL")
-    if url:
+    if citus_support.rest_on_citus():
+        yield os.environ["SN_TEST_CITUS_URL"]  # SN_TEST_REST_ON_CITUS=1: see tests/citus_support.py
+    elif url:
         yield url
     elif port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,6 +63,9 @@ def private_database_url(postgres_admin_url: str) -> Iterator[str]:
 
 def _fresh_database(postgres_admin_url: str) -> Iterator[str]:
     name = f"sn_test_{uuid.uuid4().hex[:12]}"
+    if citus_support.rest_on_citus():
+        yield from citus_support.fresh_database(name)  # on every node, then `sn cluster init`
+        return
 
     async def create() -> None:
         conn = await asyncpg.connect(postgres_admin_url)
