@@ -132,7 +132,12 @@ class Services:
             friends=friends,
             posts=posts,
             dialogs=DialogRepository(pool),
-            profiles=ProfileCache(redis, ttl_seconds=settings.profile_cache_ttl_seconds),
+            profiles=ProfileCache(
+                redis,
+                ttl_seconds=settings.profile_cache_ttl_seconds,
+                local_size=settings.profile_local_cache_size,
+                local_seconds=settings.profile_local_cache_seconds,
+            ),
             post_cache=post_cache,
             feeds=feeds,
             feed=feed,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
+
+import msgspec
 
 from sn.models import Post
 from sn.pipeline.events import PostEvent
@@ -13,6 +16,7 @@ from sn.storage.posts import PostRepository, PostRow
 from sn.storage.social_cache import SocialCache
 
 log = logging.getLogger("sn.feed")
+_encoder = msgspec.json.Encoder()
 
 Keys = list[tuple[int, int]]  # (post_id, author_id), newest first
 
@@ -41,10 +45,15 @@ class FeedService:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> list[Post]:
-        celebrities = await self._social.celebrities_followed(user_id, self._threshold())
+    async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> bytes:
+        """A page of the feed as the JSON array the API returns."""
+        # Both lookups at once: the common case (no celebrity followed) costs one round trip.
+        celebrities, own = await asyncio.gather(
+            self._social.celebrities_followed(user_id, self._threshold()),
+            self._own_page(user_id, offset=offset, limit=limit, before=before),
+        )
         if not celebrities:
-            return await self.bodies(await self._own_page(user_id, offset=offset, limit=limit, before=before))
+            return await self.bodies(own)
         # Celebrity posts are not fanned out into feeds (the Lady Gaga problem): merge each
         # followed celebrity's newest posts into the page. Every source is read from the top
         # of the window, so offsets stay exact.
@@ -90,22 +99,23 @@ class FeedService:
             await self._author_posts.commit_rebuild(author_id, token, newest)
         return await self._posts.recent_by_author(author_id, limit, before=before)
 
-    async def bodies(self, keys: Sequence[tuple[int, int]]) -> list[Post]:
-        """Post bodies for (post_id, author_id) keys in order: one MGET, then the misses from the DB."""
-        cached = await self._post_cache.get_many([post_id for post_id, _ in keys])
-        missing = [key for key, post in zip(keys, cached, strict=True) if post is None]
-        found: dict[str, Post] = {}
+    async def bodies(self, keys: Sequence[tuple[int, int]]) -> bytes:
+        """A JSON array of the posts at (post_id, author_id) keys, in order: one MGET, then the
+        misses from the database. Cached bodies are spliced in as stored, never re-encoded."""
+        cached = await self._post_cache.get_many_raw([post_id for post_id, _ in keys])
+        missing = [key for key, body in zip(keys, cached, strict=True) if body is None]
+        found: dict[int, bytes] = {}
         if missing:
             fresh = [to_wire(row) for row in await self._posts.get_many([(a, p) for p, a in missing])]
             await self._post_cache.put_many(fresh)
-            found = {post.id: post for post in fresh}
-        result = []
-        for (post_id, _), post in zip(keys, cached, strict=True):
-            body = post if post is not None else found.get(str(post_id))
+            found = {int(post.id): _encoder.encode(post) for post in fresh}
+        parts = []
+        for (post_id, _), body in zip(keys, cached, strict=True):
+            encoded = body if body is not None else found.get(post_id)
             # A post deleted after its id was cached in a feed has no body: skip it.
-            if body is not None:
-                result.append(body)
-        return result
+            if encoded is not None:
+                parts.append(encoded)
+        return b"[" + b",".join(parts) + b"]"
 
     # -- writes: the request path keeps what it just wrote readable at once ---------------------
 

@@ -100,4 +100,4 @@ async def feed(request: Request) -> HTTPResponse:
     offset = query_int(request, "offset", 0, minimum=0, maximum=100_000)
     limit = query_int(request, "limit", 10, minimum=1, maximum=1000)
     before = query_id(request, "before")
-    return json_response(await app.feed.page(me, offset=offset, limit=limit, before=before))
+    return raw_json_response(await app.feed.page(me, offset=offset, limit=limit, before=before))

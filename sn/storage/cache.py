@@ -6,6 +6,8 @@ the handler writes the bytes straight to the socket.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import msgspec
@@ -17,7 +19,6 @@ _POST_KEY = "sn:post:{}"
 _USER_KEY = "sn:user:{}"
 
 _post_encoder = msgspec.json.Encoder()
-_post_decoder = msgspec.json.Decoder(Post)
 
 
 class PostCache:
@@ -25,14 +26,16 @@ class PostCache:
         self._redis = redis
         self._ttl = ttl_seconds
 
-    async def get_many(self, post_ids: Sequence[int]) -> list[Post | None]:
+    async def get_many_raw(self, post_ids: Sequence[int]) -> list[bytes | None]:
+        """Encoded bodies (the API's JSON) in order, None for misses: a feed page splices them
+        into its response without decoding and re-encoding each post."""
         if self._ttl <= 0:
             # SN_POST_CACHE_TTL_SECONDS=0 turns the cache off (benchmarks of the database path).
             return [None] * len(post_ids)
         if not post_ids:
             return []
-        raw = await self._redis.mget([_POST_KEY.format(p) for p in post_ids])
-        return [_post_decoder.decode(item) if item is not None else None for item in raw]
+        raw: list[bytes | None] = await self._redis.mget([_POST_KEY.format(p) for p in post_ids])  # type: ignore[assignment]
+        return raw
 
     async def get_raw(self, post_id: int) -> bytes | None:
         if self._ttl <= 0:
@@ -53,23 +56,50 @@ class PostCache:
 
 
 class ProfileCache:
-    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
+    """Redis, fronted by a small per-worker memory cache.
+
+    A Redis GET costs more worker CPU than a whole /health request (client, parsing, the round
+    trip), and profiles are read far more often than they change (the API has no profile edit
+    yet), so each worker keeps recently served profiles for a few seconds. `forget` clears this
+    worker's copy; other workers' copies expire within `local_seconds`.
+    """
+
+    def __init__(self, redis: Redis, *, ttl_seconds: int, local_size: int = 0, local_seconds: float = 0.0) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
+        self._local_size = local_size
+        self._local_seconds = local_seconds
+        self._local: OrderedDict[int, tuple[float, bytes]] = OrderedDict()
+
+    def _remember(self, user_id: int, encoded: bytes) -> None:
+        if self._local_size > 0:
+            self._local[user_id] = (time.monotonic() + self._local_seconds, encoded)
+            if len(self._local) > self._local_size:
+                self._local.popitem(last=False)
 
     async def get_raw(self, user_id: int) -> bytes | None:
         if self._ttl <= 0:
             # SN_PROFILE_CACHE_TTL_SECONDS=0 turns the cache off: every /user/get reads the
             # database (what the Citus router benchmark measures).
             return None
+        local = self._local.get(user_id)
+        if local is not None:
+            if local[0] > time.monotonic():
+                return local[1]
+            del self._local[user_id]
         value = await self._redis.get(_USER_KEY.format(user_id))
-        return value if isinstance(value, bytes) else None
+        if not isinstance(value, bytes):
+            return None
+        self._remember(user_id, value)
+        return value
 
     async def put(self, user: User) -> bytes:
         encoded = _post_encoder.encode(user)
         if self._ttl > 0:
             await self._redis.set(_USER_KEY.format(user.id), encoded, ex=self._ttl)
+            self._remember(int(user.id), encoded)
         return encoded
 
     async def forget(self, user_id: int) -> None:
+        self._local.pop(user_id, None)
         await self._redis.delete(_USER_KEY.format(user_id))

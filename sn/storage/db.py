@@ -15,6 +15,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg's default runs RESET ALL / UNLISTEN / advisory unlock: one more
+    round trip per query. Our pooled connections keep no session state (no SET, LISTEN or
+    advisory locks: migrations use their own connection), and asyncpg still rolls back any open
+    transaction itself before calling this."""
+
+
 async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         database_url,
@@ -25,6 +32,7 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=settings.request_timeout_seconds,
         init=_init_connection,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
