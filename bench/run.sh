@@ -57,6 +57,7 @@ fi
 
 OUT=bench/results/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
+exec > >(tee -i "$OUT/run.log") 2>&1
 SERVER_PID=""
 
 cleanup() {
