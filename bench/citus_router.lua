@@ -17,7 +17,9 @@ end
 function init(args)
   mode = args[1]
   items = {}
-  for line in io.lines(assert(args[2], "a file of ids is needed")) do
+  -- (assert returns its message too, which io.lines would take as a read format: keep it apart)
+  local path = assert(args[2], "a file of ids is needed")
+  for line in io.lines(path) do
     if line ~= "" then
       items[#items + 1] = line
     end

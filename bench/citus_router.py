@@ -8,6 +8,9 @@
     python bench/citus_router.py report DIR                medians per configuration and the Citus/plain ratios
     python bench/citus_router.py free-port
     python bench/citus_router.py wait-ready BASE_URL LOG WORKERS
+    python bench/citus_router.py listener-pid PORT         the process listening on a local TCP port
+    python bench/citus_router.py ticks PID ...             CPU ticks (user+system) of the PIDs and all their
+                                                           descendants: a server, or a postmaster and its backends
 
 Only databases whose name starts with ``sn_bench`` are dropped or created.
 """
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from urllib.parse import urlsplit, urlunsplit
@@ -76,50 +82,133 @@ async def _sample(url: str, table: str, count: int) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
-def _result(path: Path) -> tuple[float, float, float, int]:
-    """(req/s, p50 ms, p99 ms, errors) from a wrk output with bench/citus_router.lua's RESULT line."""
+def _listener_pid(port: int) -> int:
+    """The pid owning the listening socket on `port` (IPv4 or IPv6), found through /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                    inodes.add(fields[9])
+    if not inodes:
+        raise BenchError(f"nothing listens on port {port}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(proc.name)
+    raise BenchError(f"no process found for the listener on port {port} (not root?)")
+
+
+def _ticks(roots: list[int], match: str | None = None) -> int:
+    """User+system CPU ticks of the roots and every descendant alive now.
+
+    With `match`, only descendants whose command line contains it: PostgreSQL backends show their
+    database there, so a shared server's other databases (other people's tests) do not count.
+    """
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # The command name may contain spaces and parentheses: split after the last ')'.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            parent[int(proc.name)] = int(fields[1])
+            ticks[int(proc.name)] = int(fields[11]) + int(fields[12])
+    wanted = set(roots)
+    grew = True
+    while grew:
+        before = len(wanted)
+        wanted |= {pid for pid, ppid in parent.items() if ppid in wanted}
+        grew = len(wanted) != before
+    if match is not None:
+        wanted = {pid for pid in wanted if match in _cmdline(pid)}
+    return sum(ticks.get(pid, 0) for pid in wanted)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class _Run:
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+    app_us: float  # server (Sanic workers) CPU per request, microseconds
+    db_us: float  # database CPU per request: the backends of the benchmark database on every node
+
+    @property
+    def cpu_us(self) -> float:
+        return self.app_us + self.db_us
+
+
+def _result(path: Path) -> _Run:
+    """A run from wrk's output (bench/citus_router.lua's RESULT line) and its `.cpu` file."""
     lines = [line for line in path.read_text().splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise BenchError(f"no RESULT line in {path}")
     fields = lines[-1].split()[1:]
-    return float(fields[0]), float(fields[1]), float(fields[3]), int(fields[5])
+    requests = max(int(fields[4]), 1)
+    app_us = db_us = float("nan")
+    cpu = path.with_suffix(".cpu")
+    if cpu.exists():
+        app, db, hz = (float(value) for value in cpu.read_text().split())
+        app_us, db_us = app / hz / requests * 1e6, db / hz / requests * 1e6
+    return _Run(float(fields[0]), float(fields[1]), float(fields[3]), int(fields[5]), app_us, db_us)
 
 
 def _report(out_dir: Path) -> int:
-    # Files: <cache size>-<backend>-<endpoint>-<round>.txt
-    runs: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = {}
+    # Files: sc<cache size>-<backend>-<endpoint>-<round>.txt (+ .cpu)
+    runs: dict[tuple[str, str, str], list[_Run]] = {}
     for path in sorted(out_dir.glob("sc*-*-*-*.txt")):
         cache, backend, endpoint, _ = path.stem.split("-")
         runs.setdefault((cache, backend, endpoint), []).append(_result(path))
     if not runs:
         raise BenchError(f"no results in {out_dir}")
     caches = sorted({key[0] for key in runs}, key=lambda c: -int(c.removeprefix("sc")))
-    endpoints = ["user_get", "post_get"]
     lines = [
-        f"{'statement cache':<16} {'endpoint':<10} {'plain req/s':>11} {'citus req/s':>11} {'ratio':>6}"
-        f" {'plain p50':>9} {'citus p50':>9} {'plain p99':>9} {'citus p99':>9} {'errors':>6}"
+        f"{'stmt cache':<10} {'endpoint':<9} {'backend':<7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'app us/req':>10} {'db us/req':>9} {'errors':>6}"
     ]
+    ratios: list[str] = []
     worst = float("inf")
     errors = 0
     for cache in caches:
-        for endpoint in endpoints:
+        for endpoint in ("user_get", "post_get"):
             plain = runs.get((cache, "plain", endpoint), [])
             citus = runs.get((cache, "citus", endpoint), [])
             if not plain or not citus:
                 continue
-            # Ratio per round (the two backends ran back to back within a round), then the median.
-            ratio = median(c[0] / p[0] for p, c in zip(plain, citus, strict=False))
-            worst = min(worst, ratio)
-            failed = sum(r[3] for r in plain + citus)
-            errors += failed
-            lines.append(
-                f"{cache.removeprefix('sc'):<16} {endpoint:<10} {median(r[0] for r in plain):>11.0f}"
-                f" {median(r[0] for r in citus):>11.0f} {ratio:>6.2f}"
-                f" {median(r[1] for r in plain):>9.2f} {median(r[1] for r in citus):>9.2f}"
-                f" {median(r[2] for r in plain):>9.2f} {median(r[2] for r in citus):>9.2f} {failed:>6}"
+            for backend, series in (("plain", plain), ("citus", citus)):
+                failed = sum(r.errors for r in series)
+                errors += failed
+                lines.append(
+                    f"{cache.removeprefix('sc'):<10} {endpoint:<9} {backend:<7} {median(r.rps for r in series):>7.0f}"
+                    f" {median(r.p50 for r in series):>7.2f} {median(r.p99 for r in series):>7.2f}"
+                    f" {median(r.app_us for r in series):>10.0f} {median(r.db_us for r in series):>9.0f} {failed:>6}"
+                )
+            # Throughput ratio per round (the backends ran back to back within a round), then the
+            # median; and the same from CPU per request, which background load does not move.
+            rps_ratio = median(c.rps / p.rps for p, c in zip(plain, citus, strict=False))
+            cpu_ratio = median(p.cpu_us / c.cpu_us for p, c in zip(plain, citus, strict=False))
+            worst = min(worst, rps_ratio)
+            ratios.append(
+                f"stmt cache {cache.removeprefix('sc'):<4} {endpoint:<9} Citus/plain req/s {rps_ratio:.2f}"
+                f"   from CPU per request (app + all database processes) {cpu_ratio:.2f}"
             )
-    lines.append("")
-    lines.append(f"lowest Citus/plain ratio: {worst:.2f} (target >= 0.60: {'met' if worst >= 0.6 else 'MISSED'})")
+    lines += ["", *ratios, ""]
+    lines.append(f"lowest Citus/plain req/s ratio: {worst:.2f} (target >= 0.60: {'met' if worst >= 0.6 else 'MISSED'})")
     if errors:
         lines.append(f"WARNING: {errors} failed requests")
     text = "\n".join(lines)
@@ -160,6 +249,10 @@ def main(argv: list[str]) -> int:
     wait.add_argument("base_url")
     wait.add_argument("log", type=Path)
     wait.add_argument("workers", type=int)
+    sub.add_parser("listener-pid").add_argument("port", type=int)
+    ticks = sub.add_parser("ticks")
+    ticks.add_argument("--match")
+    ticks.add_argument("pids", type=int, nargs="+")
     args = parser.parse_args(argv)
     try:
         if args.command in ("recreate", "drop"):
@@ -173,6 +266,10 @@ def main(argv: list[str]) -> int:
                 print(sock.getsockname()[1])
         elif args.command == "wait-ready":
             _wait_ready(args.base_url, args.log, args.workers)
+        elif args.command == "listener-pid":
+            print(_listener_pid(args.port))
+        elif args.command == "ticks":
+            print(_ticks(args.pids, args.match))
         else:
             return _report(args.out_dir)
     except BenchError as exc:

@@ -6,6 +6,11 @@
 # Each asyncpg statement-cache size in BENCH_CACHE_SIZES is measured (prepared statements through the
 # coordinator were the slow case in a first measurement).
 #
+# Next to req/s (moved by whatever else runs on the machine) every run records CPU ticks: of the app
+# server's processes, and of the PostgreSQL backends serving the benchmark database on every node of
+# each setup (the plain server is shared, so its other databases' backends are left out). CPU per
+# request is the load-independent view of the router cost.
+#
 # Needs: wrk; PostgreSQL on 127.0.0.1:5432 (plain); the local Citus cluster (`scripts/citus-local.sh up`);
 # Redis on 127.0.0.1:6379 (db 13 is flushed). Both databases are named sn_bench_router, seeded with the
 # same sizes by `sn seed`, the Citus one after `sn cluster init`; both are dropped at the end unless
@@ -46,6 +51,16 @@ CITUS_ENV=$(scripts/citus-local.sh env) || {
 eval "$CITUS_ENV"
 CITUS_URL=${SN_DATABASE_URL%/*}/sn_bench_router
 CITUS_NODES="${SN_CITUS_WORKERS//,/ } $SN_CITUS_HOT_WORKER"
+
+# CPU accounting: the postmasters of both setups (their backends are their children). Only the
+# backends of the benchmark database count, so other users of the shared plain server do not.
+port_of_url() { "$PY" -c 'import sys; from urllib.parse import urlsplit; print(urlsplit(sys.argv[1]).port or 5432)' "$1"; }
+declare -A DB_ROOTS=()
+DB_ROOTS[plain]=$("$PY" "$H" listener-pid "$(port_of_url "$PLAIN_URL")")
+DB_ROOTS[citus]=$("$PY" "$H" listener-pid "$(port_of_url "$CITUS_URL")")
+for node in $CITUS_NODES; do
+    DB_ROOTS[citus]+=" $("$PY" "$H" listener-pid "${node##*:}")"
+done
 
 OUT=bench/results/citus-router-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
@@ -105,7 +120,7 @@ for backend in plain citus; do
 done
 
 # -- measurements ---------------------------------------------------------------------------------------
-start_server() { # backend url cache_size -> prints the base URL; the pid goes to PIDS
+start_server() { # backend url cache_size; sets BASE[backend], adds the pid to PIDS (no subshell: globals)
     local backend=$1 url=$2 cache=$3 port
     port=$("$PY" "$H" free-port)
     SN_DATABASE_URL=$url SN_REDIS_URL=$REDIS_URL SN_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
@@ -113,25 +128,30 @@ start_server() { # backend url cache_size -> prints the base URL; the pid goes t
         SN_PROFILE_CACHE_TTL_SECONDS=0 SN_POST_CACHE_TTL_SECONDS=0 SN_DB_STATEMENT_CACHE_SIZE=$cache \
         setsid "$PY" -m sn serve >"$OUT/server-$backend-sc$cache.log" 2>&1 &
     PIDS+=($!)
-    "$PY" "$H" wait-ready "http://127.0.0.1:$port" "$OUT/server-$backend-sc$cache.log" "$WORKERS" >&2
-    echo "http://127.0.0.1:$port"
+    SERVER_PID[$backend]=$!
+    BASE[$backend]=http://127.0.0.1:$port
+    "$PY" "$H" wait-ready "${BASE[$backend]}" "$OUT/server-$backend-sc$cache.log" "$WORKERS"
 }
 
 stop_servers() {
     local pid
     for pid in "${PIDS[@]}"; do
         kill -TERM -- "-$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+        for _ in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL -- "-$pid" 2>/dev/null || true
     done
     PIDS=()
 }
 
+declare -A BASE=() SERVER_PID=()
 for cache in $CACHE_SIZES; do
-    declare -A BASE=()
     for backend in plain citus; do
         url=$PLAIN_URL
         [[ $backend == citus ]] && url=$CITUS_URL
-        BASE[$backend]=$(start_server "$backend" "$url" "$cache")
+        start_server "$backend" "$url" "$cache"
         # Unmeasured warm-up: pools filled, plans cached, pages in shared buffers.
         wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s bench/citus_router.lua "${BASE[$backend]}" -- \
             user_get "$OUT/$backend-user-ids.txt" >/dev/null
@@ -146,16 +166,25 @@ for cache in $CACHE_SIZES; do
             [[ $endpoint == post_get ]] && ids=post
             for backend in plain citus; do
                 file=$OUT/sc$cache-$backend-$endpoint-$round.txt
-                wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/citus_router.lua \
-                    "${BASE[$backend]}" -- "$endpoint" "$OUT/$backend-$ids-ids.txt" >"$file"
-                printf 'bench: cache %-3s round %s %-8s %-5s %s\n' "$cache" "$round" "$endpoint" "$backend" \
-                    "$(awk '/^RESULT/ {printf "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", $2, $3, $5, $7}' "$file")"
+                # shellcheck disable=SC2086 # DB_ROOTS holds several pids
+                {
+                    app0=$("$PY" "$H" ticks "${SERVER_PID[$backend]}")
+                    db0=$("$PY" "$H" ticks --match sn_bench_router ${DB_ROOTS[$backend]})
+                    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/citus_router.lua \
+                        "${BASE[$backend]}" -- "$endpoint" "$OUT/$backend-$ids-ids.txt" >"$file"
+                    app1=$("$PY" "$H" ticks "${SERVER_PID[$backend]}")
+                    db1=$("$PY" "$H" ticks --match sn_bench_router ${DB_ROOTS[$backend]})
+                }
+                echo "$((app1 - app0)) $((db1 - db0)) $(getconf CLK_TCK)" >"${file%.txt}.cpu"
+                printf 'bench: cache %-3s round %s %-8s %-5s %s, CPU ticks app %s db %s\n' "$cache" "$round" \
+                    "$endpoint" "$backend" \
+                    "$(awk '/^RESULT/ {printf "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", $2, $3, $5, $7}' "$file")" \
+                    "$((app1 - app0))" "$((db1 - db0))"
                 sleep 1
             done
         done
     done
     stop_servers
-    unset BASE
 done
 
 echo

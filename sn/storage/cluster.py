@@ -283,7 +283,16 @@ async def _register_nodes(
         if node in nodes:
             result.lines.append(f"{role} {node} already registered")
             continue
-        await conn.execute("SELECT citus_add_node($1, $2)", node.host, node.port)
+        try:
+            await conn.execute("SELECT citus_add_node($1, $2)", node.host, node.port)
+        except asyncpg.PostgresError as exc:
+            # Citus' own message ("failure on connection marked as essential") does not say why.
+            database = await conn.fetchval("SELECT current_database()")
+            raise ClusterError(
+                f"could not add {role} {node}: {exc}. The node must accept connections from the coordinator and"
+                f" have the database {database!r} with the citus extension (CREATE EXTENSION citus):"
+                " Citus does not create databases on workers"
+            ) from exc
         result.lines.append(f"added {role} {node}")
     others = sorted(addr for addr in known_workers if addr not in workers)
     if others:
@@ -554,6 +563,10 @@ class HotPromoter:
     open a connection and try the cluster lock, so one process in the deployment does the moves
     and the others skip. Only on Citus: on a single node there is nothing to move. Users demoted
     by hand (hot = false) are left alone.
+
+    Bounded on purpose: one promotion per round, and none beyond `max_hot` hot users. Each
+    isolation adds shards to every colocated table and the hot worker is one machine, so a
+    threshold lowered by mistake (it is a live setting) must not start moving thousands of users.
     """
 
     def __init__(
@@ -564,8 +577,10 @@ class HotPromoter:
         threshold: Callable[[], int],
         *,
         interval: float = 10.0,
+        max_hot: int = 100,
     ) -> None:
         self._url = database_url
+        self._max_hot = max_hot
         self._pool = pool
         self._celebrities = celebrities
         self._threshold = threshold
@@ -585,6 +600,7 @@ class HotPromoter:
 
     async def round(self) -> list[int]:
         """One pass; returns the users promoted."""
+        self.last_error = None
         candidates = [user for user, _ in await self._celebrities(self._threshold())]
         if not candidates or await self._current_mode() != "citus":
             return []
@@ -595,9 +611,13 @@ class HotPromoter:
             )
         }
         todo = [user for user in candidates if user not in known]
-        done: list[int] = []
         if not todo:
-            return done
+            return []
+        hot = int(await self._pool.fetchval("SELECT count(*) FROM hot_users WHERE hot") or 0)
+        if hot >= self._max_hot:
+            self.last_error = f"{len(todo)} user(s) over the threshold not promoted: {hot} hot users already"
+            log.warning("automatic promotion paused: %s", self.last_error)
+            return []
         async with dedicated_connection(self._url) as conn:
             for user in todo:
                 try:
@@ -605,16 +625,15 @@ class HotPromoter:
                 except UnknownUser:
                     continue  # counted in Redis, gone from the database
                 if change is None:
-                    break  # another process is moving shards; the next round retries
-                done.append(user)
+                    return []  # another process is moving shards; the next round retries
                 self.promoted += 1
-        return done
+                return [user]  # one per round (see the class docstring)
+        return []
 
     async def run(self) -> None:
         while True:
             try:
                 await self.round()
-                self.last_error = None
             except (OSError, asyncpg.PostgresError, ClusterError) as exc:
                 # A cluster that is not set up, or a database that is away: retried next round.
                 self.last_error = f"{type(exc).__name__}: {exc}"

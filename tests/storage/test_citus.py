@@ -295,6 +295,10 @@ async def test_demotion_moves_the_user_back_and_automatic_promotion_respects_it(
     async def celebrities(threshold: int) -> list[tuple[int, int]]:
         return [(user, n) for user, n in counts.items() if n >= threshold]
 
+    capped = cluster.HotPromoter(citus_db[0], pool, celebrities, lambda: 1000, max_hot=0)
+    assert await capped.round() == []
+    assert capped.last_error is not None
+    assert "not promoted" in capped.last_error
     promoter = cluster.HotPromoter(citus_db[0], pool, celebrities, lambda: 1000)
     assert await promoter.round() == [rising]
     assert await promoter.round() == []
