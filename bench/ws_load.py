@@ -425,6 +425,10 @@ class Fleet:
         replies = await self.call("stats")
         return {key: sum(r[key] for r in replies) for key in ("open", "frames", "unexpected_closes")}
 
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs if proc.pid is not None]
+
     def stop(self) -> None:
         for pipe in self.pipes:
             with contextlib.suppress(OSError):
@@ -477,6 +481,29 @@ def machine_busy() -> tuple[float, float]:
     fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def cpu_by_group(groups: dict[str, set[int]]) -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed per group: the given pid sets,
+    PostgreSQL and Redis by process name, and "other" for the rest (e.g. someone else's job)."""
+    totals = dict.fromkeys([*groups, "postgres", "redis", "other"], 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rpartition(")")[2].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        pid = int(entry.name)
+        group = next((g for g, pids in groups.items() if pid in pids), None)
+        if group is None:
+            group = "postgres" if name.startswith("postgres") else "redis" if name.startswith("redis") else "other"
+        totals[group] += used
+    return totals
 
 
 def worker_pids(log: Path) -> list[int]:
@@ -558,10 +585,13 @@ async def idle_memory(
     pids = pids_of()
     before = rss_kib(pids)
     closes_before = (await fleet.stats())["unexpected_closes"]
+    groups = {"server": set(pids), "load client": {os.getpid(), *fleet.pids}}
+    by_group_before = cpu_by_group(groups)
     cpu_before = cpu_seconds(pids)
     result = await fleet.connect(specs, concurrency=concurrency)
     # CPU per handshake: what bounds how fast a crowd can (re)connect, whatever the contention.
     handshake_cpu = cpu_seconds(pids) - cpu_before
+    connect_by_group = {k: round(v - by_group_before[k], 1) for k, v in cpu_by_group(groups).items()}
     if connected is not None:
         await wait_until(connected, 15)
     await asyncio.sleep(settle)
@@ -583,6 +613,7 @@ async def idle_memory(
         "closed_by_server": stats["unexpected_closes"] - closes_before,
         "idle_cpu_percent_of_a_core": round(idle_cpu, 1),
         "server_cpu_us_per_handshake": round(handshake_cpu * 1e6 / max(result["opened"], 1)),
+        "connect_cpu_seconds_by_process_group": connect_by_group,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "per_connection_kib": round(per_conn, 2),
@@ -782,10 +813,13 @@ async def fanout_round(
     fleet: Fleet, sn: SnTarget, author: int, expected: int, label: str, timeout: float = 30
 ) -> dict[str, Any]:
     await fleet.record(True)
+    groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
+    by_group_before = cpu_by_group(groups)
     cpu_before, clock_before = cpu_seconds(sn.pids), time.monotonic()
     post_id, started, responded = await sn.post(author, POST_TEXT)
     await receipts_settled(fleet, expected, timeout)
     cpu = server_cpu(sn.pids, cpu_before, clock_before, sn.idle_cpu_per_s)
+    by_group = {k: round(v - by_group_before[k], 2) for k, v in cpu_by_group(groups).items()}
     receipts = [r for r in await fleet.receipts() if r[3] == post_id]
     await fleet.record(False)
     times = sorted(r[1] - started for r in receipts)
@@ -799,6 +833,7 @@ async def fanout_round(
         "rate_per_s": round(len(times) / times[-1]) if times else 0,
         "server_cpu_ms": round(cpu * 1000, 1),
         "server_cpu_us_per_delivery": round(cpu * 1e6 / max(len(receipts), 1), 1),
+        "cpu_seconds_by_process_group": by_group,
     }
     say(
         f"{label}: {len(receipts)}/{expected} received; POST answered in {result['post_response_ms']} ms; "
@@ -902,9 +937,12 @@ async def storm(
     await wait_until(lambda: _connections_at_most(sn, 0), 20)
     closes_before = (await fleet.stats())["unexpected_closes"]
     before = tcp_counters(*LISTEN_COUNTERS)
+    groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
+    by_group_before = cpu_by_group(groups)
     cpu_before = cpu_seconds(sn.pids)
     result = await fleet.connect(specs, concurrency=n, timeout=30, since=since, spread=spread)
     cpu = cpu_seconds(sn.pids) - cpu_before
+    by_group = {k: round(v - by_group_before[k], 1) for k, v in cpu_by_group(groups).items()}
     after = tcp_counters(*LISTEN_COUNTERS)
     await asyncio.sleep(1.0)
     stats = await fleet.stats()
@@ -921,13 +959,14 @@ async def storm(
         "seconds": round(took, 2),
         "handshake_ms": result["handshake_ms"],
         "server_cpu_seconds": round(cpu, 2),
+        "cpu_seconds_by_process_group": by_group,
         "tcp_counters_delta": {key: after[key] - before[key] for key in LISTEN_COUNTERS},
     }
     say(
         f"{label}: {result['opened']}/{n} reconnected in {took:.2f} s ({result['retries']} retries, "
         f"errors {result['errors'] or 'none'}, {out['closed_by_server']} closed by the server after the welcome); "
         f"per-client connect -> welcome {result['handshake_ms']} ms; listen queue: {out['tcp_counters_delta']}; "
-        f"server CPU {cpu:.1f} s"
+        f"CPU seconds by process: {by_group}"
     )
     # And the feed still works for all of them: presence was re-announced during the storm.
     await wait_until(lambda: _connections_at_least(sn, stats["open"]), 15)
@@ -968,7 +1007,8 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
         tasks: set[asyncio.Task[None]] = set()
         celebrity: dict[str, Any] = {}
         completed_before = await sn.celebrity_fanouts_completed()
-        cpu_before, busy_before = cpu_seconds(sn.pids), machine_busy()
+        groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
+        cpu_before, busy_before, by_group_before = cpu_seconds(sn.pids), machine_busy(), cpu_by_group(groups)
 
         async def one(number: int) -> None:
             post_id, started, responded = await sn.post(normal_author, f"normal post {number}")
@@ -1005,6 +1045,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
         busy_after = machine_busy()
         server_cores = (cpu_seconds(sn.pids) - cpu_before) / took
         busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1) * 100
+        by_group = {k: round((v - by_group_before[k]) / took, 2) for k, v in cpu_by_group(groups).items()}
         await asyncio.gather(*tasks)
         await receipts_settled(fleet, len(posts) * len(normal_followers) + (len(online) if celebrity_post else 0), 10)
         receipts = await fleet.receipts()
@@ -1022,6 +1063,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
             # whole machine (server, PostgreSQL, Redis, load client, anything else) was.
             "sn_workers_cores": round(server_cores, 2),
             "machine_busy_percent": round(busy, 1),
+            "cores_by_process_group": by_group,
         }
         if celebrity_post and celebrity:
             times = sorted(t - celebrity["started"] for idx, t, _, pid, _ in receipts if pid == celebrity["post_id"])
@@ -1052,6 +1094,7 @@ def _describe(phase: dict[str, Any]) -> str:
         f"{phase['normal_deliveries_expected']} deliveries, latency ms {phase['normal_latency_ms']}"
         f" (of which the POST response ms {phase['normal_post_response_ms']}); sn workers used"
         f" {phase['sn_workers_cores']} cores, machine busy {phase['machine_busy_percent']}%"
+        f" (cores by process: {phase['cores_by_process_group']})"
     )
 
 

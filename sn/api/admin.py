@@ -22,7 +22,10 @@ _running: set[asyncio.Task[cluster.HotChange | None]] = set()
 async def cluster_status(request: Request) -> HTTPResponse:
     current_admin(request)
     app = services(request)
-    async with app.pool.acquire() as conn:
+    assert app.settings.database_url is not None
+    # A connection of its own: the status changes a session setting (the node connection timeout),
+    # and pooled connections are handed back without RESET ALL (storage/db.py).
+    async with cluster.dedicated_connection(app.settings.database_url) as conn:
         status = await cluster.cluster_status(conn, database_url=app.settings.database_url)
     return json_response(status)
 

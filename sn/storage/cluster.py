@@ -308,13 +308,7 @@ async def _register_nodes(
 
 async def _distribute(conn: Db, result: InitResult) -> None:
     existing = await _distribution(conn)
-    tables = {
-        row["name"]
-        for row in await conn.fetch(
-            "SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
-        )
-    }
+    tables = await _schema_tables(conn)
     pending = [spec for spec in DISTRIBUTED if spec.name not in existing and spec.name in tables]
     pending_reference = [name for name in REFERENCE if name not in existing and name in tables]
     hot = await hot_worker(conn)
@@ -644,8 +638,12 @@ class HotPromoter:
 # -- status --------------------------------------------------------------------------------------------
 
 
-async def cluster_status(conn: Db, *, database_url: str | None = None) -> dict[str, Any]:
-    """What GET /admin/cluster/status and `sn cluster status` show."""
+async def cluster_status(conn: asyncpg.Connection, *, database_url: str | None = None) -> dict[str, Any]:
+    """What GET /admin/cluster/status and `sn cluster status` show.
+
+    Give it a connection of its own (`dedicated_connection`): on Citus it lowers the session's node
+    connection timeout, which must not stay behind on a pooled connection.
+    """
     if await cluster_mode(conn) == "single-node":
         return await _single_node_status(conn, database_url)
     return await _citus_status(conn)
@@ -658,7 +656,7 @@ async def _server_address(conn: Db, database_url: str | None) -> NodeAddress | N
     return address_of_url(database_url) if database_url else None
 
 
-async def _local_tables(conn: Db) -> set[str]:
+async def _schema_tables(conn: Db) -> set[str]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
@@ -679,7 +677,7 @@ async def _hot_rows(conn: Db, tables: set[str]) -> list[asyncpg.Record]:
 
 async def _single_node_status(conn: Db, database_url: str | None) -> dict[str, Any]:
     address = await _server_address(conn, database_url)
-    tables = await _local_tables(conn)
+    tables = await _schema_tables(conn)
     known = [spec.name for spec in DISTRIBUTED] + list(REFERENCE) + list(COORDINATOR_LOCAL)
     return {
         "mode": "single-node",
@@ -721,8 +719,7 @@ async def _single_node_status(conn: Db, database_url: str | None) -> dict[str, A
 async def _citus_status(conn: Db) -> dict[str, Any]:
     problems: list[str] = []
     # A worker that does not answer must cost seconds, not the 30 s default, and must not fail
-    # the whole report: each remote step below is separate and reports its own error. The pool
-    # resets session settings when the connection is released.
+    # the whole report: each remote step below is separate and reports its own error.
     await conn.execute("SET citus.node_connection_timeout = 2000")
     hot = await hot_worker(conn)
     nodes = await conn.fetch(
@@ -779,7 +776,7 @@ async def _citus_status(conn: Db) -> dict[str, Any]:
     if hot is None or "hot" not in roles:
         problems.append("no hot worker registered: run `sn cluster init` with SN_CITUS_HOT_WORKER")
 
-    tables = await _local_tables(conn)
+    tables = await _schema_tables(conn)
     dist = await _distribution(conn)
     shard_counts = {
         row["name"]: int(row["n"])
