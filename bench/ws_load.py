@@ -483,11 +483,14 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def cpu_by_group(groups: dict[str, set[int]]) -> dict[str, float]:
-    """CPU seconds so far of every process on the machine, summed per group: the given pid sets,
-    PostgreSQL and Redis by process name, and "other" for the rest (e.g. someone else's job)."""
-    totals = dict.fromkeys([*groups, "postgres", "redis", "other"], 0.0)
+GROUPS_ALWAYS = ("postgres", "redis", "other")
+
+
+def process_cpu(groups: dict[str, set[int]]) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process on the machine, with its group: one of the given pid
+    sets, PostgreSQL or Redis by process name, or "other" (e.g. someone else's job)."""
     tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -497,12 +500,20 @@ def cpu_by_group(groups: dict[str, set[int]]) -> dict[str, float]:
             continue  # exited meanwhile
         name = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw.rpartition(")")[2].split()
-        used = (int(fields[11]) + int(fields[12])) / tick
         pid = int(entry.name)
         group = next((g for g, pids in groups.items() if pid in pids), None)
         if group is None:
             group = "postgres" if name.startswith("postgres") else "redis" if name.startswith("redis") else "other"
-        totals[group] += used
+        found[pid] = (group, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def cpu_by_group(before: dict[int, tuple[str, float]], groups: dict[str, set[int]]) -> dict[str, float]:
+    """CPU seconds used per group since `before` (a process_cpu() result). Per process, so that
+    processes exiting meanwhile do not subtract their whole lifetime; new ones count in full."""
+    totals = dict.fromkeys([*groups, *GROUPS_ALWAYS], 0.0)
+    for pid, (group, used) in process_cpu(groups).items():
+        totals[group] += used - before[pid][1] if pid in before else used
     return totals
 
 
@@ -586,12 +597,12 @@ async def idle_memory(
     before = rss_kib(pids)
     closes_before = (await fleet.stats())["unexpected_closes"]
     groups = {"server": set(pids), "load client": {os.getpid(), *fleet.pids}}
-    by_group_before = cpu_by_group(groups)
+    by_group_before = process_cpu(groups)
     cpu_before = cpu_seconds(pids)
     result = await fleet.connect(specs, concurrency=concurrency)
     # CPU per handshake: what bounds how fast a crowd can (re)connect, whatever the contention.
     handshake_cpu = cpu_seconds(pids) - cpu_before
-    connect_by_group = {k: round(v - by_group_before[k], 1) for k, v in cpu_by_group(groups).items()}
+    connect_by_group = {k: round(v, 1) for k, v in cpu_by_group(by_group_before, groups).items()}
     if connected is not None:
         await wait_until(connected, 15)
     await asyncio.sleep(settle)
@@ -814,12 +825,12 @@ async def fanout_round(
 ) -> dict[str, Any]:
     await fleet.record(True)
     groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
-    by_group_before = cpu_by_group(groups)
+    by_group_before = process_cpu(groups)
     cpu_before, clock_before = cpu_seconds(sn.pids), time.monotonic()
     post_id, started, responded = await sn.post(author, POST_TEXT)
     await receipts_settled(fleet, expected, timeout)
     cpu = server_cpu(sn.pids, cpu_before, clock_before, sn.idle_cpu_per_s)
-    by_group = {k: round(v - by_group_before[k], 2) for k, v in cpu_by_group(groups).items()}
+    by_group = {k: round(v, 2) for k, v in cpu_by_group(by_group_before, groups).items()}
     receipts = [r for r in await fleet.receipts() if r[3] == post_id]
     await fleet.record(False)
     times = sorted(r[1] - started for r in receipts)
@@ -938,11 +949,11 @@ async def storm(
     closes_before = (await fleet.stats())["unexpected_closes"]
     before = tcp_counters(*LISTEN_COUNTERS)
     groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
-    by_group_before = cpu_by_group(groups)
+    by_group_before = process_cpu(groups)
     cpu_before = cpu_seconds(sn.pids)
     result = await fleet.connect(specs, concurrency=n, timeout=30, since=since, spread=spread)
     cpu = cpu_seconds(sn.pids) - cpu_before
-    by_group = {k: round(v - by_group_before[k], 1) for k, v in cpu_by_group(groups).items()}
+    by_group = {k: round(v, 1) for k, v in cpu_by_group(by_group_before, groups).items()}
     after = tcp_counters(*LISTEN_COUNTERS)
     await asyncio.sleep(1.0)
     stats = await fleet.stats()
@@ -1008,7 +1019,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
         celebrity: dict[str, Any] = {}
         completed_before = await sn.celebrity_fanouts_completed()
         groups = {"sn": set(sn.pids), "load client": {os.getpid(), *fleet.pids}}
-        cpu_before, busy_before, by_group_before = cpu_seconds(sn.pids), machine_busy(), cpu_by_group(groups)
+        cpu_before, busy_before, by_group_before = cpu_seconds(sn.pids), machine_busy(), process_cpu(groups)
 
         async def one(number: int) -> None:
             post_id, started, responded = await sn.post(normal_author, f"normal post {number}")
@@ -1045,7 +1056,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
         busy_after = machine_busy()
         server_cores = (cpu_seconds(sn.pids) - cpu_before) / took
         busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1) * 100
-        by_group = {k: round((v - by_group_before[k]) / took, 2) for k, v in cpu_by_group(groups).items()}
+        by_group = {k: round(v / took, 2) for k, v in cpu_by_group(by_group_before, groups).items()}
         await asyncio.gather(*tasks)
         await receipts_settled(fleet, len(posts) * len(normal_followers) + (len(online) if celebrity_post else 0), 10)
         receipts = await fleet.receipts()

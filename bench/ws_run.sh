@@ -69,6 +69,7 @@ OUT=bench/results/ws-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 SERVER_PID=""
 REDIS_PID=""
+REDIS_OURS=0 # set once the database is known to be free: only then may the cleanup flush it
 # The machine may be shared: a load-average trace next to the results tells a quiet run from a
 # disturbed one.
 (while sleep 5; do echo "$(date +%T) $(cut -d' ' -f1-3 /proc/loadavg)"; done) >"$OUT/loadavg.txt" &
@@ -93,13 +94,14 @@ cleanup() {
     trap - EXIT INT TERM
     stop_server
     kill "$LOADAVG_PID" 2>/dev/null || true
-    if [[ -n $REDIS_PID ]]; then
-        kill -TERM "$REDIS_PID" 2>/dev/null || true
-    fi
     if [[ ${WSBENCH_KEEP_DB:-0} != 1 ]]; then
         "$PY" bench/ws_load.py drop-db "$DATABASE_URL" || true
     fi
-    "$PY" bench/helpers.py flush-redis "$REDIS_URL" >/dev/null 2>&1 || true
+    if [[ -n $REDIS_PID ]]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+    elif ((REDIS_OURS)); then
+        "$PY" bench/helpers.py flush-redis "$REDIS_URL" >/dev/null 2>&1 || true
+    fi
     exit "$status"
 }
 trap cleanup EXIT
@@ -132,6 +134,7 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/13}
 if ! "$PY" bench/ws_load.py check-redis "$REDIS_URL"; then
     exit 1
 fi
+REDIS_OURS=1
 
 echo "ws-bench: results in $OUT"
 {

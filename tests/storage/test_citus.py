@@ -28,7 +28,10 @@ from tests import citus_support
 from tests.support import ROOT
 
 TARGET = citus_support.citus_target()
-pytestmark = [pytest.mark.citus, pytest.mark.skipif(TARGET is None, reason=citus_support.skip_reason())]
+if TARGET is None:
+    # One visible line in the summary (`-ra`) rather than one per test.
+    pytest.skip(citus_support.skip_reason(), allow_module_level=True)
+pytestmark = pytest.mark.citus
 
 
 @pytest.fixture(scope="module")

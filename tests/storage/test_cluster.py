@@ -17,7 +17,7 @@ from sn.storage import cluster
 from tests import citus_support
 from tests.support import ROOT
 
-pytestmark = pytest.mark.skipif(
+plain_only = pytest.mark.skipif(
     citus_support.rest_on_citus(),
     reason="plain-PostgreSQL behaviour; with SN_TEST_REST_ON_CITUS=1 the admin database is a Citus coordinator",
 )
@@ -53,6 +53,7 @@ def _sn(database_url: str, *args: str, **settings: str) -> subprocess.CompletedP
     )
 
 
+@plain_only
 def test_cluster_init_on_plain_postgres_says_single_node_and_is_idempotent(empty_database: str) -> None:
     first = _sn(empty_database, "cluster", "init")
     assert first.returncode == 0, first.stderr
@@ -78,18 +79,21 @@ def test_cluster_init_on_plain_postgres_says_single_node_and_is_idempotent(empty
     asyncio.run(check())
 
 
+@plain_only
 def test_citus_settings_without_citus_are_reported_not_fatal(empty_database: str) -> None:
     done = _sn(empty_database, "cluster", "init", SN_CITUS_WORKERS="127.0.0.1:1,127.0.0.1:2", SN_CITUS_HOT_WORKER="h:3")
     assert done.returncode == 0, done.stderr
     assert "ignored without Citus" in done.stdout
 
 
+@plain_only
 def test_malformed_worker_list_is_a_configuration_error(empty_database: str) -> None:
     done = _sn(empty_database, "cluster", "init", SN_CITUS_WORKERS="host:notaport")
     assert done.returncode == 2
     assert "SN_CITUS_WORKERS" in done.stderr
 
 
+@plain_only
 def test_hot_promote_and_demote_on_single_node_record_the_hot_set(empty_database: str) -> None:
     assert _sn(empty_database, "cluster", "init").returncode == 0
 
