@@ -1136,8 +1136,11 @@ def run_report(out_dir: Path) -> int:
         if "sn" in mem:
             lines.append(f"   sn target <= 16 KiB: {verdict(mem['sn']['per_connection_kib'] <= 16)}")
     if "fanout_sn" in data:
-        sn_last = data["fanout_sn"]["median_last_ms_warm"]
-        lines.append(f"b. fan-out to 10k online followers, POST -> last receipt (median of warm rounds): {sn_last} ms")
+        sn_last = round(data["fanout_sn"]["median_last_ms_warm"], 1)
+        online = data["fanout_sn"]["rounds"][0]["expected"]
+        lines.append(
+            f"b. fan-out to {online} online followers, POST -> last receipt (median of warm rounds): {sn_last} ms"
+        )
         lines.append(
             f"   rounds: {[r['last_ms'] for r in data['fanout_sn']['rounds']]} ms; target <= 500 ms: "
             f"{verdict(sn_last <= 500)}"
@@ -1171,7 +1174,9 @@ def run_report(out_dir: Path) -> int:
             overflow = st["tcp_counters_delta"]["ListenOverflows"]
             # All back within 5 s; a storm spread over 5 s by its clients may take 0.5 s beyond that.
             limit = max(5.0, st["spread_seconds"] + 0.5)
-            ok = st["seconds"] <= limit and not st["failed"] and not overflow
+            # ... and every reconnected socket is actually served (gets the next post).
+            served = st["delivery_after"]["received"] >= st["reconnected"]
+            ok = st["seconds"] <= limit and not st["failed"] and not overflow and served
             lines.append(
                 f"d. reconnect storm ({name}, spread over {st['spread_seconds']:g} s, since={st['since']}): "
                 f"{st['reconnected']}/{st['clients']} in {st['seconds']} s, ListenOverflows +{overflow}, "
