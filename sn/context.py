@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from sn.actors.fanout import CelebrityActor, FanoutConsumer, QueueRouter
 from sn.actors.hub import Hub
@@ -75,8 +75,17 @@ class Services:
     async def start(cls, settings: Settings) -> Services:
         if not settings.database_url or not settings.redis_url:
             raise RuntimeError("SN_DATABASE_URL and SN_REDIS_URL must be set (or use `sn dev`)")
-        redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        # A blocking pool: under a reconnect storm thousands of handshakes want Redis at once;
+        # the default pool raises past its limit (leaving sockets half set up), this one queues.
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=256,
+                timeout=10,
+                socket_connect_timeout=5,
+                socket_timeout=10,
+                health_check_interval=30,
+            )
         )
         pool = await create_pool(settings, settings.database_url)
         lease = GeneratorLease(redis)

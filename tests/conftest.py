@@ -125,6 +125,9 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
         "SN_RATE_LIMIT_AUTH": "0",
         "SN_RATE_LIMIT_WRITE": "0",
         "SN_LOG_LEVEL": "INFO",
+        # Servers sharing a Redis database would otherwise compete for one pipeline (and steal
+        # each other's events) when two test sessions overlap on one machine.
+        "SN_BUS_PREFIX": f"sntest{uuid.uuid4().hex[:8]}",
     }
 
 
