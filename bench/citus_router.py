@@ -23,20 +23,15 @@ import contextlib
 import os
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
+from helpers import BenchError, wait_ready
 
 _SAFE_PREFIX = "sn_bench"
-
-
-class BenchError(Exception):
-    pass
 
 
 def _node_url(url: str, node: str | None, database: str) -> str:
@@ -217,20 +212,6 @@ def _report(out_dir: Path) -> int:
     return 0 if worst >= 0.6 and not errors else 3
 
 
-def _wait_ready(base_url: str, log: Path, workers: int, timeout: float = 60.0) -> None:
-    # /ready answers once one worker is up; every worker logs "worker ready" when it is.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ready = httpx.get(base_url + "/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            ready = False
-        if ready and log.read_text(errors="replace").count("worker ready") >= workers:
-            return
-        time.sleep(0.2)
-    raise BenchError(f"server at {base_url} not ready after {timeout:.0f} s (see {log})")
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/citus_router.py")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,7 +246,7 @@ def main(argv: list[str]) -> int:
                 sock.bind(("127.0.0.1", 0))
                 print(sock.getsockname()[1])
         elif args.command == "wait-ready":
-            _wait_ready(args.base_url, args.log, args.workers)
+            wait_ready(args.base_url, args.log, args.workers)
         elif args.command == "listener-pid":
             print(_listener_pid(args.port))
         elif args.command == "ticks":

@@ -39,17 +39,18 @@ class BenchError(Exception):
     """A step failed: main prints the message and exits non-zero."""
 
 
-def _split(url: str) -> tuple[str, str]:
+def _split(url: str, safe_prefix: str) -> tuple[str, str]:
     """(maintenance-database URL on the same server, database name) for a database URL."""
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
-    if not name.startswith(_SAFE_PREFIX):
-        raise BenchError(f"refusing to drop/create {name!r}: the database name must start with {_SAFE_PREFIX}")
+    if not name.startswith(safe_prefix):
+        raise BenchError(f"refusing to drop/create {name!r}: the database name must start with {safe_prefix}")
     return urlunsplit(parts._replace(path="/postgres")), name
 
 
-async def _recreate(url: str, create: bool) -> None:
-    admin, name = _split(url)
+async def recreate_db(url: str, create: bool, safe_prefix: str = _SAFE_PREFIX) -> None:
+    """Drop (and with `create`, re-create) a benchmark database; only names under `safe_prefix`."""
+    admin, name = _split(url, safe_prefix)
     conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -77,7 +78,7 @@ def _free_port() -> int:
         return port
 
 
-def _wait_ready(base_url: str, log: Path, workers: int, timeout: float) -> None:
+def wait_ready(base_url: str, log: Path, workers: int, timeout: float = 60.0) -> None:
     # /ready answers as soon as one worker is up; Sanic starts them one by one, and measuring
     # while one is still starting would load a single worker. Each logs "worker ready".
     deadline = time.monotonic() + timeout
@@ -335,7 +336,7 @@ def main(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("recreate-db", "drop-db"):
-        asyncio.run(_recreate(args.url, create=args.command == "recreate-db"))
+        asyncio.run(recreate_db(args.url, create=args.command == "recreate-db"))
     elif args.command == "dump-ids":
         args.out.write_text("".join(f"{uid}\n" for uid in asyncio.run(_user_ids(args.url))))
     elif args.command == "flush-redis":
@@ -345,7 +346,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "free-port":
         print(_free_port())
     elif args.command == "wait-ready":
-        _wait_ready(args.base_url, args.log, args.workers, args.timeout)
+        wait_ready(args.base_url, args.log, args.workers, args.timeout)
     elif args.command == "warm-profiles":
         asyncio.run(_warm_profiles(args.base_url, [line for line in args.ids.read_text().split() if line]))
     elif args.command == "tokens":

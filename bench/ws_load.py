@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import jwt
 import msgspec
+from helpers import BenchError, recreate_db
 
 HOST = "127.0.0.1"
 _SAFE_PREFIX = "sn_wsbench"
@@ -56,10 +56,6 @@ _SAFE_PREFIX = "sn_wsbench"
 _WS_KEY = base64.b64encode(b"sn-wsbench-key!!").decode()
 # A post body about the size of a real one, used for sn posts and for the broadcast frame.
 POST_TEXT = "Benchmark post: " + "lorem ipsum dolor sit amet " * 4
-
-
-class BenchError(Exception):
-    """A step failed: main prints the message and exits non-zero."""
 
 
 # ================================================================== the client side (shards)
@@ -1193,23 +1189,8 @@ def run_report(out_dir: Path) -> int:
 # ================================================================== databases
 
 
-def _split(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    if not name.startswith(_SAFE_PREFIX):
-        raise BenchError(f"refusing to drop/create {name!r}: the database name must start with {_SAFE_PREFIX}")
-    return urlunsplit(parts._replace(path="/postgres")), name
-
-
-async def recreate_db(url: str, create: bool) -> None:
-    admin, name = _split(url)
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+async def recreate_ws_db(url: str, create: bool) -> None:
+    await recreate_db(url, create, safe_prefix=_SAFE_PREFIX)
 
 
 def check_redis(url: str) -> int:
@@ -1275,7 +1256,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("recreate-db", "drop-db"):
-            asyncio.run(recreate_db(args.url, create=args.command == "recreate-db"))
+            asyncio.run(recreate_ws_db(args.url, create=args.command == "recreate-db"))
         elif args.command == "report":
             return run_report(args.out_dir)
         elif args.command == "check-redis":
