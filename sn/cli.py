@@ -22,7 +22,7 @@ def _serve(settings: Settings) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from sn import logs
+    from sn import logs, manager_signals
     from sn.app import create_app
 
     settings.require_secret()
@@ -41,6 +41,7 @@ def _serve(settings: Settings) -> None:
         single_process=False,
     )
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+    manager_signals.install()
     Sanic.serve(primary=app, app_loader=loader)
 
 

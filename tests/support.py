@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,13 @@ def port_open(host: str, port: int) -> bool:
 FAST_HASHING = {"SN_ARGON2_MEMORY_KIB": "8192", "SN_ARGON2_TIME_COST": "1"}
 
 
+def kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process started with ``start_new_session`` together with every child it spawned."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class ServerProcess:
     """`sn serve` in a subprocess on a free port: the real multi-worker server."""
@@ -56,8 +65,16 @@ class ServerProcess:
         env.update({"SN_PORT": str(self.port), "SN_HOST": "127.0.0.1", "SN_WORKERS": str(self.workers)})
         self.log_path = self.log_path or Path(f"/tmp/sn-test-server-{self.port}.log")
         log = self.log_path.open("wb")
+        # A session of its own: Sanic's manager escalates a second shutdown signal or a worker that
+        # misses its startup ack with killpg(SIGKILL) on the workers' process group, which without
+        # this is pytest's own group (and make's, and CI's shell).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sn", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [sys.executable, "-m", "sn", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,8 +106,7 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                kill_session(self.proc)
 
 
 @dataclass

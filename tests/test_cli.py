@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import FAST_HASHING, ROOT, free_port, port_open, user_payload
+from tests.support import FAST_HASHING, ROOT, free_port, kill_session, port_open, user_payload
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,10 @@ def _start_dev(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     env.update(FAST_HASHING)
     env.update({"SN_PORT": str(port), "SN_HOST": "127.0.0.1", "SN_WORKERS": "2", "PYTHONPATH": str(ROOT)})
     log = (workdir / "dev.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "sn", "dev"], cwd=workdir, env=env, stdout=log, stderr=log)
+    # Own session: Sanic escalates with killpg(SIGKILL), which must not reach pytest's group.
+    return subprocess.Popen(
+        [sys.executable, "-m", "sn", "dev"], cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True
+    )
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
@@ -49,8 +52,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         # Never leave a spinning server behind a failed test.
-        proc.kill()
-        proc.wait()
+        kill_session(proc)
         raise
 
 

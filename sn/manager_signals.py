@@ -1,0 +1,48 @@
+"""Make Sanic's process manager safe against a signal that lands in the middle of its IPC.
+
+Sanic's ``WorkerManager.shutdown_signal`` runs the whole shutdown inside the signal handler,
+and that shutdown writes worker states through a ``multiprocessing.Manager`` dict proxy. The
+main loop uses the same proxy connection (``_sync_states`` every 100 ms), so a SIGTERM that
+arrives between a request and its reply makes the handler read the loop's reply and the loop
+read the handler's: ``TypeError: 'list' object is not a mapping``, the manager dies with exit
+code 1, and a retried signal escalates to ``killpg(SIGKILL)``. Seen here about one SIGTERM in
+three under load.
+
+The fix keeps the handler free of IPC: it only posts ``__TERMINATE__`` on the monitor pipe,
+which the manager's own loop already handles by running the same ``shutdown()`` outside signal
+context. A second signal still kills, as in Sanic, because an operator pressing Ctrl-C twice
+means it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from signal import Signals
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("sn.cli")
+
+_TERMINATE = "__TERMINATE__"
+
+
+def _deferred_shutdown_signal(manager: Any, signum: int, frame: FrameType | None) -> None:
+    from sanic.exceptions import ServerKilled
+
+    if manager._shutting_down or getattr(manager, "_sn_shutdown_requested", False):
+        log.info("Shutdown interrupted by %s. Killing.", Signals(signum).name)
+        with contextlib.suppress(ServerKilled):
+            manager.kill()
+        return
+    manager._sn_shutdown_requested = True
+    log.info("Received signal %s. Shutting down.", Signals(signum).name)
+    # A pipe write below PIPE_BUF is atomic, so this cannot interleave with a worker's message.
+    manager.monitor_publisher.send(_TERMINATE)
+
+
+def install() -> None:
+    """Patch the manager class before ``Sanic.serve`` builds one (the handler is bound there)."""
+    from sanic.worker.manager import WorkerManager
+
+    WorkerManager.shutdown_signal = _deferred_shutdown_signal  # type: ignore[method-assign]
