@@ -31,12 +31,13 @@ from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
 from sn.storage.eventlog import EventLog
 from sn.storage.feed_cache import FeedCache
+from sn.storage.feed_read import FeedReader
 from sn.storage.friends import FriendRepository
 from sn.storage.idlease import GeneratorLease
 from sn.storage.posts import PostRepository
 from sn.storage.presence import Presence
 from sn.storage.ratelimit import RateLimiter
-from sn.storage.social_cache import SocialCache
+from sn.storage.social_cache import COUNTS_KEY, FOLLOWING_PREFIX, SocialCache
 from sn.storage.users import UserRepository
 
 log = logging.getLogger("sn.context")
@@ -117,6 +118,9 @@ class Services:
             post_cache=post_cache,
             social=social,
             celebrity_threshold=lambda: live.current.celebrity_threshold,
+            reader=FeedReader(
+                redis, feed_prefix=feeds.prefix, following_prefix=FOLLOWING_PREFIX, counts_key=COUNTS_KEY
+            ),
         )
         node_id = settings.resolved_node_id()
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")

@@ -10,8 +10,9 @@ import msgspec
 
 from sn.models import Post
 from sn.pipeline.events import PostEvent
-from sn.storage.cache import PostCache
+from sn.storage.cache import POST_KEY_PREFIX, PostCache
 from sn.storage.feed_cache import FeedCache
+from sn.storage.feed_read import FeedReader
 from sn.storage.posts import PostRepository, PostRow
 from sn.storage.social_cache import SocialCache
 
@@ -35,6 +36,7 @@ class FeedService:
         post_cache: PostCache,
         social: SocialCache,
         celebrity_threshold: Callable[[], int],
+        reader: FeedReader | None = None,
     ) -> None:
         self._feeds = feeds
         self._author_posts = author_posts
@@ -42,11 +44,29 @@ class FeedService:
         self._post_cache = post_cache
         self._social = social
         self._threshold = celebrity_threshold
+        self._reader = reader
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> bytes:
         """A page of the feed as the JSON array the API returns."""
+        if self._reader is not None and self._post_cache.enabled:
+            # The common case, a cached feed with no celebrity followed: one round trip.
+            cached = await self._reader.page(
+                user_id,
+                threshold=self._threshold(),
+                offset=offset,
+                limit=limit,
+                before=before,
+                post_prefix=POST_KEY_PREFIX,
+            )
+            if cached is not None:
+                if cached.body is not None:
+                    return cached.body
+                return await self._splice(cached.keys, cached.bodies)
+        return await self._general_page(user_id, offset=offset, limit=limit, before=before)
+
+    async def _general_page(self, user_id: int, *, offset: int, limit: int, before: int | None) -> bytes:
         # Both lookups at once: the common case (no celebrity followed) costs one round trip.
         celebrities, own = await asyncio.gather(
             self._social.celebrities_followed(user_id, self._threshold()),
@@ -103,6 +123,10 @@ class FeedService:
         """A JSON array of the posts at (post_id, author_id) keys, in order: one MGET, then the
         misses from the database. Cached bodies are spliced in as stored, never re-encoded."""
         cached = await self._post_cache.get_many_raw([post_id for post_id, _ in keys])
+        return await self._splice(keys, cached)
+
+    async def _splice(self, keys: Sequence[tuple[int, int]], cached: Sequence[bytes | None]) -> bytes:
+        """The JSON array of `keys`' posts from `cached` bodies, reading the holes from the database."""
         missing = [key for key, body in zip(keys, cached, strict=True) if body is None]
         found: dict[int, bytes] = {}
         if missing:

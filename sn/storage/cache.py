@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from sn.models import Post, User
 
-_POST_KEY = "sn:post:{}"
+POST_KEY_PREFIX = "sn:post:"
+_POST_KEY = POST_KEY_PREFIX + "{}"
 _USER_KEY = "sn:user:{}"
 
 _post_encoder = msgspec.json.Encoder()
@@ -25,6 +26,10 @@ class PostCache:
     def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
 
     async def get_many_raw(self, post_ids: Sequence[int]) -> list[bytes | None]:
         """Encoded bodies (the API's JSON) in order, None for misses: a feed page splices them

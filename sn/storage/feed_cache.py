@@ -144,6 +144,10 @@ class FeedCache:
         self._commit = redis.register_script(_COMMIT)
 
     @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
     def size(self) -> int:
         return self._size
 

@@ -18,7 +18,8 @@ from sn.storage.friends import FriendRepository
 
 COUNTS_KEY = "sn:follower_counts"
 _FOLLOWERS = "sn:followers:{}"
-_FOLLOWING = "sn:following:{}"
+FOLLOWING_PREFIX = "sn:following:"
+_FOLLOWING = FOLLOWING_PREFIX + "{}"
 _EMPTY = "0"
 
 # KEYS[1] following set, KEYS[2] counts; ARGV[1] threshold -> followees at or above it, or
