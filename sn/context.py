@@ -37,6 +37,7 @@ from sn.storage.idlease import GeneratorLease
 from sn.storage.posts import PostRepository
 from sn.storage.presence import Presence
 from sn.storage.ratelimit import RateLimiter
+from sn.storage.redis_mux import MuxRedis
 from sn.storage.social_cache import COUNTS_KEY, FOLLOWING_PREFIX, SocialCache
 from sn.storage.users import UserRepository
 
@@ -48,6 +49,7 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    mux: MuxRedis
     lease: GeneratorLease
     ids: IdGenerator
     tokens: TokenService
@@ -88,6 +90,8 @@ class Services:
                 health_check_interval=30,
             )
         )
+        # The request path's hot reads share one pipelined connection per worker (see redis_mux).
+        mux = MuxRedis(settings.redis_url, timeout=10, connect_timeout=5)
         pool = await create_pool(settings, settings.database_url)
         lease = GeneratorLease(redis)
         generator_id = await lease.acquire()
@@ -96,7 +100,7 @@ class Services:
         outbox = Outbox(ids.next_id)
         posts = PostRepository(pool, outbox)
         friends = FriendRepository(pool, outbox)
-        post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds)
+        post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds, reads=mux)
         feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds)
         author_posts = FeedCache(
             redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, prefix="sn:authorposts:"
@@ -118,9 +122,7 @@ class Services:
             post_cache=post_cache,
             social=social,
             celebrity_threshold=lambda: live.current.celebrity_threshold,
-            reader=FeedReader(
-                redis, feed_prefix=feeds.prefix, following_prefix=FOLLOWING_PREFIX, counts_key=COUNTS_KEY
-            ),
+            reader=FeedReader(mux, feed_prefix=feeds.prefix, following_prefix=FOLLOWING_PREFIX, counts_key=COUNTS_KEY),
         )
         node_id = settings.resolved_node_id()
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
@@ -132,6 +134,7 @@ class Services:
             settings=settings,
             pool=pool,
             redis=redis,
+            mux=mux,
             lease=lease,
             ids=ids,
             tokens=TokenService(settings.require_secret(), settings.jwt_ttl_seconds),
@@ -150,6 +153,7 @@ class Services:
                 ttl_seconds=settings.profile_cache_ttl_seconds,
                 local_size=settings.profile_local_cache_size,
                 local_seconds=settings.profile_local_cache_seconds,
+                reads=mux,
             ),
             post_cache=post_cache,
             feeds=feeds,
@@ -229,3 +233,4 @@ class Services:
         await self.lease.release()
         await self.pool.close()
         await self.redis.aclose()
+        await self.mux.aclose()

@@ -22,6 +22,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from sn.storage.migrations import migrate
+from sn.storage.redis_mux import MuxRedis
 from tests import citus_support
 from tests.support import ServerProcess, User, port_open, register
 
@@ -165,6 +166,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 async def aredis(redis_url: str) -> AsyncIterator[AsyncRedis]:
     """An asyncio Redis client on the session's test database."""
     client = AsyncRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def amux(redis_url: str) -> AsyncIterator[MuxRedis]:
+    """The multiplexed hot-read client on the session's test database."""
+    client = MuxRedis(redis_url)
     yield client
     await client.aclose()
 

@@ -14,6 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from sn.models import Post, User
+from sn.storage.redis_mux import MuxRedis
 
 POST_KEY_PREFIX = "sn:post:"
 _POST_KEY = POST_KEY_PREFIX + "{}"
@@ -23,8 +24,10 @@ _post_encoder = msgspec.json.Encoder()
 
 
 class PostCache:
-    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, ttl_seconds: int, reads: MuxRedis | None = None) -> None:
         self._redis = redis
+        # Reads on the request path go through the multiplexed client when there is one.
+        self._reads = reads
         self._ttl = ttl_seconds
 
     @property
@@ -39,13 +42,17 @@ class PostCache:
             return [None] * len(post_ids)
         if not post_ids:
             return []
-        raw: list[bytes | None] = await self._redis.mget([_POST_KEY.format(p) for p in post_ids])  # type: ignore[assignment]
+        keys = [_POST_KEY.format(p) for p in post_ids]
+        if self._reads is not None:
+            return await self._reads.mget(keys)
+        raw: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
         return raw
 
     async def get_raw(self, post_id: int) -> bytes | None:
         if self._ttl <= 0:
             return None
-        value = await self._redis.get(_POST_KEY.format(post_id))
+        key = _POST_KEY.format(post_id)
+        value = await (self._reads.get(key) if self._reads is not None else self._redis.get(key))
         return value if isinstance(value, bytes) else None
 
     async def put_many(self, posts: Sequence[Post]) -> None:
@@ -69,8 +76,17 @@ class ProfileCache:
     worker's copy; other workers' copies expire within `local_seconds`.
     """
 
-    def __init__(self, redis: Redis, *, ttl_seconds: int, local_size: int = 0, local_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl_seconds: int,
+        local_size: int = 0,
+        local_seconds: float = 0.0,
+        reads: MuxRedis | None = None,
+    ) -> None:
         self._redis = redis
+        self._reads = reads
         self._ttl = ttl_seconds
         self._local_size = local_size
         self._local_seconds = local_seconds
@@ -92,7 +108,8 @@ class ProfileCache:
             if local[0] > time.monotonic():
                 return local[1]
             del self._local[user_id]
-        value = await self._redis.get(_USER_KEY.format(user_id))
+        key = _USER_KEY.format(user_id)
+        value = await (self._reads.get(key) if self._reads is not None else self._redis.get(key))
         if not isinstance(value, bytes):
             return None
         self._remember(user_id, value)

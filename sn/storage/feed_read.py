@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from sn.storage.feed_cache import COMPLETE, PARTIAL, parse_member
+from sn.storage.redis_mux import MuxRedis
 
 FALLBACK = 0
 WHOLE = 1
@@ -77,8 +76,8 @@ class CachedPage:
 
 
 class FeedReader:
-    def __init__(self, redis: Redis, *, feed_prefix: str, following_prefix: str, counts_key: str) -> None:
-        self._script = redis.register_script(_SCRIPT)
+    def __init__(self, redis: MuxRedis, *, feed_prefix: str, following_prefix: str, counts_key: str) -> None:
+        self._script = redis.script(_SCRIPT)
         self._feed_prefix = feed_prefix
         self._following_prefix = following_prefix
         self._counts_key = counts_key

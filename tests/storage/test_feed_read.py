@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from sn.storage.feed_cache import FeedCache
 from sn.storage.feed_read import CachedPage, FeedReader
+from sn.storage.redis_mux import MuxRedis
 
 # Prefixes of this test's own so nothing else in the shared test database is read.
 _FEEDS = "t:feedread:feed:"
@@ -25,8 +26,8 @@ def feeds(aredis: Redis) -> FeedCache:
 
 
 @pytest.fixture
-def reader(aredis: Redis) -> FeedReader:
-    return FeedReader(aredis, feed_prefix=_FEEDS, following_prefix=_FOLLOWING, counts_key=_COUNTS)
+def reader(amux: MuxRedis) -> FeedReader:
+    return FeedReader(amux, feed_prefix=_FEEDS, following_prefix=_FOLLOWING, counts_key=_COUNTS)
 
 
 def body(post_id: int) -> bytes:
