@@ -19,6 +19,7 @@ from sanic.exceptions import SanicException
 from sanic.response import BaseHTTPResponse
 
 from sn import logs
+from sn.access_log import AccessLog
 from sn.actors.actions import CLOSE_GOING_AWAY
 from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
 from sn.context import Services
@@ -27,7 +28,6 @@ from sn.models import Message, ServerError
 from sn.settings import Settings, load_settings
 
 log = logging.getLogger("sn.app")
-access = logging.getLogger("sn.access")
 
 _encoder = msgspec.json.Encoder()
 
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
 
     @app.before_server_start
     async def start_services(app: Sanic[Any, Any]) -> None:
+        app.ctx.access_log = AccessLog(settings.log_format)
         app.ctx.services = await Services.start(settings)
 
     @app.before_server_stop
@@ -156,6 +157,9 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
         services: Services | None = getattr(app.ctx, "services", None)
         if services is not None:
             await services.close()
+        access_log: AccessLog | None = getattr(app.ctx, "access_log", None)
+        if access_log is not None:
+            access_log.flush()
 
     async def preflight(request: Request) -> HTTPResponse | None:
         request.ctx.started = time.perf_counter()
@@ -172,22 +176,19 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
         return None
 
     async def finish(request: Request, response: BaseHTTPResponse) -> None:
-        response.headers["X-Request-ID"] = str(request.id)
+        request_id = str(request.id)
+        response.headers["X-Request-ID"] = request_id
         response.headers.update(_cors_headers(settings, request))
         if settings.access_log:
             started = getattr(request.ctx, "started", None)
             duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-            access.info(
-                "%s %s %d %.1fms",
+            request.app.ctx.access_log.record(
                 request.method,
                 request.path,
                 response.status,
                 duration_ms,
-                extra={
-                    "request_id": str(request.id),
-                    "status": response.status,
-                    "remote": request.remote_addr or request.ip,
-                },
+                request_id,
+                request.remote_addr or request.ip,
             )
 
     app.register_middleware(preflight, "request", priority=100)

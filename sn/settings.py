@@ -71,7 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     post_cache_ttl_seconds: int = 86_400
     profile_cache_ttl_seconds: int = 3_600
     profile_local_cache_size: int = 20_000  # per worker; 0 disables the in-memory layer
-    profile_local_cache_seconds: float = 30.0
+    # Profiles cannot change through the API, so a worker's copy is never stale today; the bound
+    # only limits memory churn. An edit endpoint would add pub/sub invalidation, not a short TTL.
+    profile_local_cache_seconds: float = 300.0
     post_max_chars: int = 10_000
     dialog_max_chars: int = 4_096
 

@@ -25,23 +25,36 @@ from sn.storage.redis_mux import MuxRedis
 FALLBACK = 0
 WHOLE = 1
 WITH_HOLES = 2
+# Up to this many celebrities, look each up in the following set; beyond, score each followee.
+_FEW_CELEBRITIES = 256
 
 # KEYS[1] feed set, KEYS[2] following set, KEYS[3] follower counts.
 # ARGV[1] celebrity threshold, ARGV[2] upper lex bound, ARGV[3] offset, ARGV[4] limit,
 # ARGV[5] post key prefix.
 # Returns {0} (fall back), {1, json array} or {2, members, bodies with false for misses}.
 _SCRIPT = f"""
-local following = KEYS[2]
-if redis.call('EXISTS', following) == 0 then return {{{FALLBACK}}} end
-local threshold = tonumber(ARGV[1])
-local followees = redis.call('SMEMBERS', following)
--- unpack() is bounded by Lua's C stack: score the followees in chunks.
-for start = 1, #followees, 1000 do
-  local chunk = {{}}
-  for i = start, math.min(start + 999, #followees) do chunk[#chunk + 1] = followees[i] end
-  local scores = redis.call('ZMSCORE', KEYS[3], unpack(chunk))
-  for i, score in ipairs(scores) do
-    if score and chunk[i] ~= '0' and tonumber(score) >= threshold then return {{{FALLBACK}}} end
+local following, counts, threshold = KEYS[2], KEYS[3], ARGV[1]
+-- Is any followee a celebrity? Check from whichever side is smaller: usually there are few
+-- celebrities (often none: one ZCOUNT), while a user may follow thousands.
+local celebrities = redis.call('ZCOUNT', counts, threshold, '+inf')
+if celebrities > 0 then
+  if redis.call('EXISTS', following) == 0 then return {{{FALLBACK}}} end
+  if celebrities <= {_FEW_CELEBRITIES} then
+    local names = redis.call('ZRANGE', counts, threshold, '+inf', 'BYSCORE')
+    for _, followed in ipairs(redis.call('SMISMEMBER', following, unpack(names))) do
+      if followed == 1 then return {{{FALLBACK}}} end
+    end
+  else
+    local followees = redis.call('SMEMBERS', following)
+    -- unpack() is bounded by Lua's C stack: score the followees in chunks.
+    for start = 1, #followees, 1000 do
+      local chunk = {{}}
+      for i = start, math.min(start + 999, #followees) do chunk[#chunk + 1] = followees[i] end
+      local scores = redis.call('ZMSCORE', counts, unpack(chunk))
+      for i, score in ipairs(scores) do
+        if score and chunk[i] ~= '0' and tonumber(score) >= tonumber(threshold) then return {{{FALLBACK}}} end
+      end
+    end
   end
 end
 local feed = KEYS[1]

@@ -82,12 +82,16 @@ async def test_missing_bodies_come_back_as_holes(feeds: FeedCache, reader: FeedR
     assert holes.bodies == [body(300), None, body(100)]
 
 
-async def test_steps_aside_when_following_set_is_not_cached(
+async def test_following_set_is_needed_only_once_celebrities_exist(
     feeds: FeedCache, reader: FeedReader, aredis: Redis
 ) -> None:
     user = next(_user_ids)
     await build(feeds, aredis, user, [100])
-    assert await page(reader, user) is None
+    await aredis.delete(_COUNTS)
+    assert await whole(reader, user) == b"[" + body(100) + b"]"  # nobody is a celebrity
+    await aredis.zadd(_COUNTS, {"123": _THRESHOLD})
+    assert await page(reader, user) is None  # somebody is: whom does the user follow?
+    await aredis.delete(_COUNTS)
 
 
 async def test_steps_aside_when_feed_is_not_cached_or_being_built(
@@ -100,14 +104,23 @@ async def test_steps_aside_when_feed_is_not_cached_or_being_built(
     assert await page(reader, user) is None
 
 
-async def test_steps_aside_for_a_followed_celebrity(feeds: FeedCache, reader: FeedReader, aredis: Redis) -> None:
+@pytest.mark.parametrize("other_celebrities", [0, 1, 300], ids=["only", "few", "many"])
+async def test_steps_aside_for_a_followed_celebrity(
+    feeds: FeedCache, reader: FeedReader, aredis: Redis, other_celebrities: int
+) -> None:
+    # Few celebrities are looked up in the following set, many are scored followee by followee.
     user, celebrity = next(_user_ids), next(_user_ids)
+    others = {str(40_000_000 + i): _THRESHOLD * 2 for i in range(other_celebrities)}
+    await aredis.delete(_COUNTS)
+    if others:
+        await aredis.zadd(_COUNTS, others)
     await follow(aredis, user, 7, celebrity)
     await build(feeds, aredis, user, [100])
     await aredis.zadd(_COUNTS, {str(celebrity): _THRESHOLD - 1})
     assert await page(reader, user) is not None
     await aredis.zadd(_COUNTS, {str(celebrity): _THRESHOLD})
     assert await page(reader, user) is None
+    await aredis.delete(_COUNTS)
 
 
 async def test_following_more_than_lua_can_unpack_at_once(feeds: FeedCache, reader: FeedReader, aredis: Redis) -> None:
@@ -117,10 +130,16 @@ async def test_following_more_than_lua_can_unpack_at_once(feeds: FeedCache, read
     await follow(aredis, user, *followees)
     await build(feeds, aredis, user, [100])
     assert await page(reader, user) is not None
-    for celebrity in (followees[0], followees[-1]):  # whichever chunk SMEMBERS puts it in
-        await aredis.zadd(_COUNTS, {str(celebrity): _THRESHOLD * 10})
-        assert await page(reader, user) is None
-        await aredis.zrem(_COUNTS, str(celebrity))
+    # More celebrities than the few-celebrities path takes: every followee is scored.
+    await aredis.zadd(_COUNTS, {str(50_000_000 + i): _THRESHOLD * 2 for i in range(300)})
+    try:
+        assert await page(reader, user) is not None
+        for celebrity in (followees[0], followees[-1]):  # whichever chunk SMEMBERS puts it in
+            await aredis.zadd(_COUNTS, {str(celebrity): _THRESHOLD * 10})
+            assert await page(reader, user) is None
+            await aredis.zrem(_COUNTS, str(celebrity))
+    finally:
+        await aredis.delete(_COUNTS)
 
 
 async def test_partial_feed_answers_inside_the_window_only(feeds: FeedCache, reader: FeedReader, aredis: Redis) -> None:
