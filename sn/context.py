@@ -26,7 +26,7 @@ from sn.pipeline.factory import create_bus
 from sn.pipeline.outbox import Outbox, OutboxRelay
 from sn.settings import Settings
 from sn.storage.cache import PostCache, ProfileCache
-from sn.storage.cluster import HotPromoter
+from sn.storage.cluster import HotPromoter, cluster_mode
 from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
 from sn.storage.eventlog import EventLog
@@ -38,6 +38,7 @@ from sn.storage.posts import PostRepository
 from sn.storage.presence import Presence
 from sn.storage.ratelimit import RateLimiter
 from sn.storage.redis_mux import MuxRedis
+from sn.storage.shard_reads import ShardReads
 from sn.storage.social_cache import COUNTS_KEY, FOLLOWING_PREFIX, SocialCache
 from sn.storage.users import UserRepository
 
@@ -72,6 +73,7 @@ class Services:
     eventlog: EventLog
     fanout: FanoutConsumer
     celebrity: CelebrityActor
+    shard_reads: ShardReads | None = None
     loops: list[SupervisedLoop] = field(default_factory=list)
 
     @classmethod
@@ -98,7 +100,8 @@ class Services:
         ids = IdGenerator(generator_id)
         lease.on_change = ids.rebind
         outbox = Outbox(ids.next_id)
-        posts = PostRepository(pool, outbox)
+        shard_reads = await _shard_reads(settings, pool, settings.database_url)
+        posts = PostRepository(pool, outbox, reads=shard_reads)
         friends = FriendRepository(pool, outbox)
         post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds, reads=mux)
         feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds)
@@ -144,7 +147,8 @@ class Services:
                 parallelism=settings.argon2_parallelism,
                 concurrency=settings.password_hash_concurrency,
             ),
-            users=UserRepository(pool),
+            users=UserRepository(pool, reads=shard_reads),
+            shard_reads=shard_reads,
             friends=friends,
             posts=posts,
             dialogs=DialogRepository(pool),
@@ -197,6 +201,8 @@ class Services:
                 ).run,
             ),
         ]
+        if self.shard_reads is not None:
+            self.loops.append(SupervisedLoop("shard-map", self.shard_reads.run))
         for loop in self.loops:
             loop.start()
         self.hub.extra_stats = lambda: {
@@ -209,6 +215,7 @@ class Services:
                 "last_error": self.relay.last_error,
             },
             "bus": self.bus.stats(),
+            "shard_reads": self.shard_reads.stats() if self.shard_reads is not None else None,
             "loops": {
                 loop.name: {
                     "running": loop.running,
@@ -231,6 +238,27 @@ class Services:
             log.debug("could not withdraw worker stats: %s", exc)
         self.passwords.close()
         await self.lease.release()
+        if self.shard_reads is not None:
+            await self.shard_reads.close()
         await self.pool.close()
         await self.redis.aclose()
         await self.mux.aclose()
+
+
+async def _shard_reads(settings: Settings, pool: asyncpg.Pool, database_url: str) -> ShardReads | None:
+    """On Citus (and unless SN_CITUS_DIRECT_READS=false), the router of single-shard reads."""
+    if not settings.citus_direct_reads:
+        return None
+    async with pool.acquire() as conn:
+        if await cluster_mode(conn) != "citus":
+            return None
+
+    async def open_pool(url: str) -> asyncpg.Pool:
+        return await create_pool(settings, url, min_size=0)
+
+    reads = ShardReads(pool, database_url, open_pool)
+    try:
+        await reads.refresh()
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("shard map not loaded yet (%s); reads go through the coordinator until it is", exc)
+    return reads

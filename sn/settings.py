@@ -87,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # worker that holds only hot users' shards. Unused on single-node PostgreSQL.
     citus_workers: str | None = None
     citus_hot_worker: str | None = None
+    # On Citus, send single-shard reads straight to the node holding the shard (see shard_reads).
+    citus_direct_reads: bool = True
 
     # Where `sn dev` keeps embedded servers' data.
     data_dir: str = "var"

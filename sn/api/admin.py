@@ -70,4 +70,6 @@ async def hot_user(request: Request, user_id: str) -> HTTPResponse:
     except cluster.ClusterError as exc:
         raise Conflict(str(exc)) from exc
     assert change is not None  # the API waits for the cluster lock
+    if app.shard_reads is not None:
+        await app.shard_reads.refresh()  # this worker reads from the new placement at once
     return json_response(change.as_dict())

@@ -22,10 +22,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction itself before calling this."""
 
 
-async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
+async def create_pool(settings: Settings, database_url: str, *, min_size: int | None = None) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         database_url,
-        min_size=settings.db_pool_min,
+        min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
         # Behind pgbouncer or a Citus coordinator prepared statements may be costly or unsupported;
         # 0 turns the cache off (SN_DB_STATEMENT_CACHE_SIZE).

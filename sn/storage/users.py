@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from sn.models import User
+from sn.storage.shard_reads import ShardReads
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +52,9 @@ def _like_prefix(value: str) -> str:
 
 
 class UserRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, reads: ShardReads | None = None) -> None:
         self._pool = pool
+        self._reads = reads  # Citus: single-shard reads straight to the shard's node
 
     async def create(self, user: NewUser) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -80,15 +82,22 @@ class UserRepository:
                 user.password_hash,
             )
 
+    async def _fetchrow(self, user_id: int, query: str) -> asyncpg.Record | None:
+        if self._reads is not None:
+            return await self._reads.fetchrow("users", user_id, query, user_id)
+        row: asyncpg.Record | None = await self._pool.fetchrow(query, user_id)
+        return row
+
     async def get(self, user_id: int) -> User | None:
-        row = await self._pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+        row = await self._fetchrow(user_id, f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1")
         return _to_user(row) if row is not None else None
 
     async def exists(self, user_id: int) -> bool:
-        return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+        return await self._fetchrow(user_id, "SELECT 1 FROM users WHERE id = $1") is not None
 
     async def password_hash(self, user_id: int) -> str | None:
-        value = await self._pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
+        row = await self._fetchrow(user_id, "SELECT password_hash FROM users WHERE id = $1")
+        value = row["password_hash"] if row is not None else None
         return value if isinstance(value, str) else None
 
     async def search(self, first_name: str, last_name: str, limit: int, after_id: int = 0) -> list[User]:
