@@ -23,6 +23,7 @@ from sn.storage import cluster
 from sn.storage.dialogs import DialogRepository
 from sn.storage.friends import FriendRepository
 from sn.storage.posts import PostRepository
+from sn.storage.shard_reads import ShardReads
 from sn.storage.users import NewUser, UserRepository
 from tests import citus_support
 from tests.support import ROOT
@@ -450,3 +451,43 @@ async def test_hot_path_queries_are_routed_to_a_single_shard(conn: asyncpg.Conne
     await _assert_single_task(conn, "dialog send", recorder)
     assert len(await dialogs.list(reader, author, after=0, offset=0, limit=100)) == 1
     await _assert_single_task(conn, "dialog list", recorder)
+
+
+# -- direct single-shard reads ----------------------------------------------------------------------
+
+
+async def test_direct_reads_follow_citus_placement_and_promotion(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, citus_db: tuple[str, cluster.InitResult]
+) -> None:
+    async def open_pool(url: str) -> asyncpg.Pool:
+        created = await asyncpg.create_pool(url, min_size=0, max_size=2)
+        assert created is not None
+        return created
+
+    users = [await _user(pool, posts=1) for _ in range(12)]
+    reads = ShardReads(pool, citus_db[0], open_pool)
+    await reads.refresh()
+    try:
+        direct, through_coordinator = UserRepository(pool, reads), UserRepository(pool)
+        for user_id in users:
+            host, port, _ = (await _placements(conn, user_id))["users"]
+            assert reads.shard_map.node_for("users", user_id) == f"{host}:{port}"
+            assert await direct.get(user_id) == await through_coordinator.get(user_id)
+        assert reads.direct == len(users)
+        assert reads.via_coordinator == 0
+        post_id = await conn.fetchval("SELECT id FROM posts WHERE author_id = $1", users[0])
+        posts = PostRepository(pool, reads=reads)
+        assert await posts.author_of(post_id) == users[0]
+        assert (await posts.get(users[0], post_id)) is not None
+
+        # A promotion moves the user's shards; the stale map still answers (Citus routes the
+        # query from the old node), and after a refresh reads go to the hot worker itself.
+        star = users[1]
+        assert await cluster.promote(conn, star) is not None
+        assert await direct.get(star) is not None
+        await reads.refresh()
+        assert reads.shard_map.node_for("users", star) == "{}:{}".format(*_hot())
+        assert await direct.get(star) == await through_coordinator.get(star)
+        assert "{}:{}".format(*_hot()) in reads.stats()["open_pools"]  # type: ignore[operator]
+    finally:
+        await reads.close()
