@@ -18,6 +18,7 @@
 #
 # Knobs: BENCH_USERS (20000) BENCH_POSTS (5) BENCH_FOLLOWS (10) BENCH_DURATION (10s) BENCH_THREADS (2)
 #        BENCH_CONNECTIONS (32) BENCH_WORKERS (2) BENCH_ROUNDS (3) BENCH_CACHE_SIZES ("100 0")
+#        BENCH_BACKENDS ("plain citus coord")
 #        SN_BENCH_PLAIN_URL (postgresql://postgres@127.0.0.1:5432/sn_bench_router) SN_BENCH_REDIS_URL
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ CONNECTIONS=${BENCH_CONNECTIONS:-32}
 WORKERS=${BENCH_WORKERS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 CACHE_SIZES=${BENCH_CACHE_SIZES:-100 0}
+# plain: plain PostgreSQL; citus: the app's default on Citus (single-shard reads straight to the
+# shard's node); coord: Citus with every query through the coordinator (SN_CITUS_DIRECT_READS=false).
+BACKENDS=${BENCH_BACKENDS:-plain citus coord}
 PLAIN_URL=${SN_BENCH_PLAIN_URL:-postgresql://postgres@127.0.0.1:5432/sn_bench_router}
 REDIS_URL=${SN_BENCH_REDIS_URL:-redis://127.0.0.1:6379/13}
 PY=${BENCH_PYTHON:-.venv/bin/python}
@@ -61,6 +65,7 @@ DB_ROOTS[citus]=$("$PY" "$H" listener-pid "$(port_of_url "$CITUS_URL")")
 for node in $CITUS_NODES; do
     DB_ROOTS[citus]+=" $("$PY" "$H" listener-pid "${node##*:}")"
 done
+DB_ROOTS[coord]=${DB_ROOTS[citus]}
 
 OUT=bench/results/citus-router-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
@@ -121,9 +126,10 @@ done
 
 # -- measurements ---------------------------------------------------------------------------------------
 start_server() { # backend url cache_size; sets BASE[backend], adds the pid to PIDS (no subshell: globals)
-    local backend=$1 url=$2 cache=$3 port
+    local backend=$1 url=$2 cache=$3 port direct=true
+    [[ $backend == coord ]] && direct=false
     port=$("$PY" "$H" free-port)
-    SN_DATABASE_URL=$url SN_REDIS_URL=$REDIS_URL SN_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
+    SN_CITUS_DIRECT_READS=$direct SN_DATABASE_URL=$url SN_REDIS_URL=$REDIS_URL SN_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
         SN_HOST=127.0.0.1 SN_PORT=$port SN_WORKERS=$WORKERS SN_ACCESS_LOG=false \
         SN_PROFILE_CACHE_TTL_SECONDS=0 SN_POST_CACHE_TTL_SECONDS=0 SN_DB_STATEMENT_CACHE_SIZE=$cache \
         setsid "$PY" -m sn serve >"$OUT/server-$backend-sc$cache.log" 2>&1 &
@@ -147,16 +153,19 @@ stop_servers() {
 }
 
 declare -A BASE=() SERVER_PID=()
+ids_of() { # backend -> the id sample files' backend (both Citus variants read the same database)
+    if [[ $1 == plain ]]; then echo plain; else echo citus; fi
+}
 for cache in $CACHE_SIZES; do
-    for backend in plain citus; do
+    for backend in $BACKENDS; do
         url=$PLAIN_URL
-        [[ $backend == citus ]] && url=$CITUS_URL
+        [[ $backend != plain ]] && url=$CITUS_URL
         start_server "$backend" "$url" "$cache"
         # Unmeasured warm-up: pools filled, plans cached, pages in shared buffers.
         wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s bench/citus_router.lua "${BASE[$backend]}" -- \
-            user_get "$OUT/$backend-user-ids.txt" >/dev/null
+            user_get "$OUT/$(ids_of "$backend")-user-ids.txt" >/dev/null
         wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s bench/citus_router.lua "${BASE[$backend]}" -- \
-            post_get "$OUT/$backend-post-ids.txt" >/dev/null
+            post_get "$OUT/$(ids_of "$backend")-post-ids.txt" >/dev/null
     done
     # Both servers stay up; the backends take turns within each round, so background load on
     # this shared machine hits both alike.
@@ -164,14 +173,14 @@ for cache in $CACHE_SIZES; do
         for endpoint in user_get post_get; do
             ids=user
             [[ $endpoint == post_get ]] && ids=post
-            for backend in plain citus; do
+            for backend in $BACKENDS; do
                 file=$OUT/sc$cache-$backend-$endpoint-$round.txt
                 # shellcheck disable=SC2086 # DB_ROOTS holds several pids
                 {
                     app0=$("$PY" "$H" ticks "${SERVER_PID[$backend]}")
                     db0=$("$PY" "$H" ticks --match sn_bench_router ${DB_ROOTS[$backend]})
                     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/citus_router.lua \
-                        "${BASE[$backend]}" -- "$endpoint" "$OUT/$backend-$ids-ids.txt" >"$file"
+                        "${BASE[$backend]}" -- "$endpoint" "$OUT/$(ids_of "$backend")-$ids-ids.txt" >"$file"
                     app1=$("$PY" "$H" ticks "${SERVER_PID[$backend]}")
                     db1=$("$PY" "$H" ticks --match sn_bench_router ${DB_ROOTS[$backend]})
                 }

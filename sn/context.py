@@ -254,7 +254,8 @@ async def _shard_reads(settings: Settings, pool: asyncpg.Pool, database_url: str
             return None
 
     async def open_pool(url: str) -> asyncpg.Pool:
-        return await create_pool(settings, url, min_size=0)
+        # One prepared statement per query and shard: more than the coordinator pool needs.
+        return await create_pool(settings, url, min_size=0, statement_cache_size=1024)
 
     reads = ShardReads(pool, database_url, open_pool)
     try:

@@ -22,14 +22,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction itself before calling this."""
 
 
-async def create_pool(settings: Settings, database_url: str, *, min_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, database_url: str, *, min_size: int | None = None, statement_cache_size: int | None = None
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
         # Behind pgbouncer or a Citus coordinator prepared statements may be costly or unsupported;
         # 0 turns the cache off (SN_DB_STATEMENT_CACHE_SIZE).
-        statement_cache_size=settings.db_statement_cache_size,
+        statement_cache_size=(
+            settings.db_statement_cache_size if statement_cache_size is None else statement_cache_size
+        ),
         command_timeout=settings.request_timeout_seconds,
         init=_init_connection,
         reset=_keep_session,

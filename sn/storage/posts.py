@@ -45,8 +45,7 @@ class PostRepository:
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox | None = None, reads: ShardReads | None = None) -> None:
         self._pool = pool
         self._outbox = outbox
-        # Citus: single-shard reads straight to the shard's node. `posts` is colocated with
-        # `users` (keyed by author), so its shards sit where the author's user shard does.
+        # Citus: single-shard reads straight to the shard on its node (storage/shard_reads.py).
         self._reads = reads
 
     async def create(self, post_id: int, author_id: int, text: str) -> PostRow:
@@ -65,19 +64,19 @@ class PostRepository:
         return post
 
     async def author_of(self, post_id: int) -> int | None:
-        query = "SELECT author_id FROM post_index WHERE id = $1"
+        query = "SELECT author_id FROM {table} WHERE id = $1"
         if self._reads is not None:
             value = await self._reads.fetchval("post_index", post_id, query, post_id)
         else:
-            value = await self._pool.fetchval(query, post_id)
+            value = await self._pool.fetchval(query.format(table="post_index"), post_id)
         return int(value) if isinstance(value, int) else None
 
     async def get(self, author_id: int, post_id: int) -> PostRow | None:
-        query = "SELECT id, author_id, text, created_at FROM posts WHERE author_id = $1 AND id = $2"
+        query = "SELECT id, author_id, text, created_at FROM {table} WHERE author_id = $1 AND id = $2"
         if self._reads is not None:
-            row = await self._reads.fetchrow("users", author_id, query, author_id, post_id)
+            row = await self._reads.fetchrow("posts", author_id, query, author_id, post_id)
         else:
-            row = await self._pool.fetchrow(query, author_id, post_id)
+            row = await self._pool.fetchrow(query.format(table="posts"), author_id, post_id)
         return _to_post(row) if row is not None else None
 
     async def get_many(self, keys: list[tuple[int, int]]) -> list[PostRow]:

@@ -1,17 +1,22 @@
-"""Single-shard reads sent straight to the Citus node that holds the shard.
+"""Single-shard reads sent straight to the shard table on the Citus node that holds it.
 
-Through the coordinator a router query costs two backends: the coordinator parses and plans it,
-then ships the shard query as text to the worker, which parses and plans it again, plus a hop
-between them. That made a cached-miss read about twice as expensive as on plain PostgreSQL.
-Since Citus 11 every worker carries the distributed tables' metadata and accepts queries on
-them, and a query whose shard is local runs through local execution in one backend. So reads
-keyed by a distribution column go to the node that holds the key's shard; writes stay on the
-coordinator (they share a transaction with the coordinator-local outbox).
+Through the coordinator a router query costs two backends: the coordinator plans it and ships
+the shard query as text to the worker, which parses and plans it again. Measured here, that
+made a cache-miss read more than twice as expensive as on plain PostgreSQL, and sending the
+same query to the worker (Citus 11+ accepts queries on distributed tables on every node and
+executes local shards in one backend) saved almost nothing: Citus's planning is the cost.
 
-Correctness never depends on the shard map being fresh: the query names the distributed table,
-not a shard, so a node that no longer holds the shard (after a move or a hot-user isolation)
-still answers it, just with an extra hop, until the next refresh. A node the app cannot reach
-sends the read back to the coordinator.
+So a read keyed by a distribution column goes to the node holding the key's shard and names
+the shard table itself (``users_102008``): plain PostgreSQL work, with a prepared statement.
+Writes stay on the coordinator (they share a transaction with the coordinator-local outbox).
+
+A shard map can be stale: a hot-user promotion isolates a tenant into new shards and moves
+them, and a rebalance moves shards. The old shard table survives a move for a while (Citus
+drops it later), so reading it could return data from before the move. Every direct read
+therefore checks, in the same query and snapshot, that the node's own copy of the metadata
+(synced to every node by Citus, in the same transaction as the move) still places the shard
+here; if not, the read goes to the coordinator and the map is reloaded. A node the app cannot
+reach also sends its reads to the coordinator, until the next reload.
 
 The key-to-shard mapping is Citus's: PostgreSQL's ``hashint8`` of the value, looked up in the
 shards' hash ranges (``pg_dist_shard``).
@@ -32,8 +37,8 @@ log = logging.getLogger("sn.shard_reads")
 
 _MASK = 0xFFFFFFFF
 
-# Tables whose reads are routed, with the column their shards are keyed by.
-ROUTED_TABLES = ("users", "post_index")
+# Tables whose reads are routed (by their distribution column).
+ROUTED_TABLES = ("users", "posts", "post_index")
 
 
 def _rot(x: int, k: int) -> int:
@@ -70,6 +75,8 @@ class Placement:
     min_hash: int
     max_hash: int
     node: str  # host:port as registered in pg_dist_node
+    shard_id: int = 0
+    group_id: int = 0  # the node's group: what pg_dist_placement records for the shard
 
 
 class ShardMap:
@@ -82,7 +89,7 @@ class ShardMap:
             self._starts.setdefault(placement.table, []).append(placement.min_hash)
             self._ranges.setdefault(placement.table, []).append(placement)
 
-    def node_for(self, table: str, key: int) -> str | None:
+    def placement_for(self, table: str, key: int) -> Placement | None:
         starts = self._starts.get(table)
         if not starts:
             return None
@@ -91,7 +98,11 @@ class ShardMap:
         if index < 0:
             return None
         placement = self._ranges[table][index]
-        return placement.node if placement.min_hash <= h <= placement.max_hash else None
+        return placement if placement.min_hash <= h <= placement.max_hash else None
+
+    def node_for(self, table: str, key: int) -> str | None:
+        placement = self.placement_for(table, key)
+        return placement.node if placement is not None else None
 
     @property
     def nodes(self) -> set[str]:
@@ -102,8 +113,8 @@ class ShardMap:
 
 
 _PLACEMENTS = """
-SELECT s.logicalrelid::regclass::text AS table_name, s.shardminvalue, s.shardmaxvalue,
-       n.nodename, n.nodeport
+SELECT s.logicalrelid::regclass::text AS table_name, s.shardid, s.shardminvalue, s.shardmaxvalue,
+       n.nodename, n.nodeport, n.groupid
 FROM pg_dist_shard s
 JOIN pg_dist_placement p ON p.shardid = s.shardid
 JOIN pg_dist_node n ON n.groupid = p.groupid
@@ -120,6 +131,8 @@ async def load_placements(conn: asyncpg.Connection | asyncpg.Pool) -> list[Place
             min_hash=int(row["shardminvalue"]),
             max_hash=int(row["shardmaxvalue"]),
             node=f"{row['nodename']}:{row['nodeport']}",
+            shard_id=row["shardid"],
+            group_id=row["groupid"],
         )
         for row in rows
         if row["shardminvalue"] is not None
@@ -149,8 +162,11 @@ class ShardReads:
         self._map = shard_map or ShardMap([])
         self._pools: dict[str, asyncpg.Pool] = {}
         self._unreachable: set[str] = set()
+        self._statements: dict[tuple[str, int, int], str] = {}
+        self._reload: asyncio.Future[None] | None = None
         self.direct = 0
         self.via_coordinator = 0
+        self.stale_reads = 0
 
     @property
     def shard_map(self) -> ShardMap:
@@ -170,10 +186,7 @@ class ShardReads:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("shard map refresh failed, keeping the previous one: %s", exc)
 
-    async def pool_for(self, table: str, key: int) -> asyncpg.Pool:
-        node = self._map.node_for(table, key)
-        if node is None or node in self._unreachable:
-            return self._coordinator
+    async def _node_pool(self, node: str) -> asyncpg.Pool | None:
         pool = self._pools.get(node)
         if pool is None:
             try:
@@ -181,33 +194,68 @@ class ShardReads:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("node %s unreachable for direct reads (%s); reading through the coordinator", node, exc)
                 self._unreachable.add(node)
-                return self._coordinator
+                return None
         return pool
 
+    def _guarded(self, query: str, placement: Placement) -> str:
+        """`query` on the shard table, with the "is the shard still here" check in the same snapshot."""
+        key = (query, placement.shard_id, placement.group_id)
+        text = self._statements.get(key)
+        if text is None:
+            inner = query.format(table=f"{placement.table}_{placement.shard_id}")
+            text = (
+                "SELECT g.sn_shard_here, t.* FROM (SELECT EXISTS (SELECT 1 FROM pg_dist_placement"
+                f" WHERE shardid = {placement.shard_id} AND groupid = {placement.group_id}) AS sn_shard_here) AS g"
+                f" LEFT JOIN LATERAL ({inner}) AS t ON g.sn_shard_here"
+            )
+            if len(self._statements) > 10_000:  # bounded: shard ids change with every isolation
+                self._statements.clear()
+            self._statements[key] = text
+        return text
+
     async def fetchrow(self, table: str, key: int, query: str, *args: object) -> asyncpg.Record | None:
-        pool = await self.pool_for(table, key)
-        row: asyncpg.Record | None
-        if pool is not self._coordinator:
-            try:
-                row = await pool.fetchrow(query, *args)
-            except (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError):
-                self._mark_unreachable(pool)
-            else:
-                self.direct += 1
-                return row
+        """One row of `query`, which names its table as ``{table}`` and selects at least one NOT NULL
+        column (so a missing row and a row of NULLs cannot be confused in the guarded form)."""
+        placement = self._map.placement_for(table, key)
+        if placement is not None and placement.node not in self._unreachable:
+            pool = await self._node_pool(placement.node)
+            if pool is not None:
+                try:
+                    row: asyncpg.Record | None = await pool.fetchrow(self._guarded(query, placement), *args)
+                except (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError):
+                    self._mark_unreachable(placement.node)
+                except asyncpg.exceptions.UndefinedTableError:
+                    self._moved()  # the shard table is already gone
+                else:
+                    assert row is not None  # the guarded form always returns its one row
+                    if row[0]:
+                        self.direct += 1
+                        return row if any(row[i] is not None for i in range(1, len(row))) else None
+                    self._moved()
         self.via_coordinator += 1
-        row = await self._coordinator.fetchrow(query, *args)
-        return row
+        found: asyncpg.Record | None = await self._coordinator.fetchrow(query.format(table=table), *args)
+        return found
 
     async def fetchval(self, table: str, key: int, query: str, *args: object) -> object:
+        """The last column of `fetchrow` (the guarded form puts its check first)."""
         row = await self.fetchrow(table, key, query, *args)
-        return row[0] if row is not None else None
+        return row[len(row) - 1] if row is not None else None
 
-    def _mark_unreachable(self, pool: asyncpg.Pool) -> None:
-        for node, candidate in self._pools.items():
-            if candidate is pool:
-                log.warning("direct read on %s failed; reading through the coordinator until the next refresh", node)
-                self._unreachable.add(node)
+    def _moved(self) -> None:
+        """A shard left the node the map names: reload the map soon (once, however many reads noticed)."""
+        self.stale_reads += 1
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.ensure_future(self._reload_now())
+
+    async def _reload_now(self) -> None:
+        try:
+            await self.refresh()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("shard map reload failed, keeping the previous one: %s", exc)
+
+    def _mark_unreachable(self, node: str) -> None:
+        log.warning("direct read on %s failed; reading through the coordinator until the next refresh", node)
+        self._unreachable.add(node)
 
     def stats(self) -> dict[str, object]:
         return {
@@ -217,9 +265,12 @@ class ShardReads:
             "unreachable": sorted(self._unreachable),
             "direct_reads": self.direct,
             "coordinator_reads": self.via_coordinator,
+            "stale_map_reads": self.stale_reads,
         }
 
     async def close(self) -> None:
+        if self._reload is not None:
+            self._reload.cancel()
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()

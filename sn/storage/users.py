@@ -83,20 +83,21 @@ class UserRepository:
             )
 
     async def _fetchrow(self, user_id: int, query: str) -> asyncpg.Record | None:
+        """`query` names the table `{table}`: on Citus it may run on the user's shard directly."""
         if self._reads is not None:
             return await self._reads.fetchrow("users", user_id, query, user_id)
-        row: asyncpg.Record | None = await self._pool.fetchrow(query, user_id)
+        row: asyncpg.Record | None = await self._pool.fetchrow(query.format(table="users"), user_id)
         return row
 
     async def get(self, user_id: int) -> User | None:
-        row = await self._fetchrow(user_id, f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1")
+        row = await self._fetchrow(user_id, f"SELECT {_USER_COLUMNS} FROM {{table}} WHERE id = $1")
         return _to_user(row) if row is not None else None
 
     async def exists(self, user_id: int) -> bool:
-        return await self._fetchrow(user_id, "SELECT 1 FROM users WHERE id = $1") is not None
+        return await self._fetchrow(user_id, "SELECT id FROM {table} WHERE id = $1") is not None
 
     async def password_hash(self, user_id: int) -> str | None:
-        row = await self._fetchrow(user_id, "SELECT password_hash FROM users WHERE id = $1")
+        row = await self._fetchrow(user_id, "SELECT password_hash FROM {table} WHERE id = $1")
         value = row["password_hash"] if row is not None else None
         return value if isinstance(value, str) else None
 

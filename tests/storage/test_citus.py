@@ -480,11 +480,17 @@ async def test_direct_reads_follow_citus_placement_and_promotion(
         assert await posts.author_of(post_id) == users[0]
         assert (await posts.get(users[0], post_id)) is not None
 
-        # A promotion moves the user's shards; the stale map still answers (Citus routes the
-        # query from the old node), and after a refresh reads go to the hot worker itself.
+        # A promotion isolates the user into new shards on the hot worker. The old shard table may
+        # still exist on the old node for a while: the guard sees that the node's metadata no longer
+        # places it there, the read goes through the coordinator, and the map is reloaded.
         star = users[1]
+        await conn.execute("UPDATE users SET city = 'Hot City' WHERE id = $1", star)
         assert await cluster.promote(conn, star) is not None
-        assert await direct.get(star) is not None
+        await conn.execute("UPDATE users SET city = 'Moved City' WHERE id = $1", star)  # on the new shard
+        moved = await direct.get(star)
+        assert moved is not None
+        assert moved.city == "Moved City"
+        assert reads.stale_reads >= 1
         await reads.refresh()
         assert reads.shard_map.node_for("users", star) == "{}:{}".format(*_hot())
         assert await direct.get(star) == await through_coordinator.get(star)

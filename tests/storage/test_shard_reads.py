@@ -67,8 +67,8 @@ def test_node_url_keeps_credentials_database_and_options() -> None:
 
 
 @pytest.fixture
-async def coordinator(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+async def coordinator(private_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(private_database_url, min_size=1, max_size=4)
     assert pool is not None
     yield pool
     await pool.close()
@@ -82,49 +82,95 @@ async def _new_user(pool: asyncpg.Pool) -> int:
     return user_id
 
 
-async def test_reads_go_to_the_nodes_pool_and_fall_back_when_it_is_unreachable(
-    database_url: str, coordinator: asyncpg.Pool
-) -> None:
-    # The "node" holding every shard is this same server under its own address, so the direct
-    # pool is a real second pool; a second map points at a port where nothing listens.
-    parts = urlsplit(database_url)
+async def _open_pool(url: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=0, max_size=2)
+    assert pool is not None
+    return pool
+
+
+@pytest.fixture
+async def one_shard_node(private_database_url: str, coordinator: asyncpg.Pool) -> AsyncIterator[ShardMap]:
+    """This PostgreSQL server dressed as a Citus node holding shard 101 of `users` and `posts`: shard
+    tables named as Citus names them and the `pg_dist_placement` rows a node's synced metadata has.
+    The rows are written to the shards only, so a read answered by the coordinator's tables
+    (the real `users`, `posts`) finds nothing: each assertion tells which side answered."""
+    parts = urlsplit(private_database_url)
     here = f"{parts.hostname}:{parts.port or 5432}"
-    opened: list[str] = []
+    async with coordinator.acquire() as conn:
+        await conn.execute(
+            "CREATE TABLE pg_dist_placement (shardid bigint, groupid integer);"
+            " INSERT INTO pg_dist_placement VALUES (101, 7);"
+            " CREATE TABLE users_101 (LIKE users INCLUDING ALL);"
+            " CREATE TABLE posts_101 (LIKE posts INCLUDING ALL)"
+        )
+    everything = (-(2**31), 2**31 - 1)
+    yield ShardMap([Placement(t, *everything, here, shard_id=101, group_id=7) for t in ("users", "posts")])
+    async with coordinator.acquire() as conn:
+        await conn.execute("DROP TABLE IF EXISTS pg_dist_placement, users_101, posts_101")
 
-    async def open_pool(url: str) -> asyncpg.Pool:
-        opened.append(url)
-        pool = await asyncpg.create_pool(url, min_size=0, max_size=2)
-        assert pool is not None
-        return pool
 
-    user_id = await _new_user(coordinator)
-    post_id = _ids.next_id()
-    await PostRepository(coordinator).create(post_id, user_id, "routed")
-
-    reads = ShardReads(coordinator, database_url, open_pool, ShardMap(_four_shards([here])))
+async def test_reads_go_to_the_shard_table_while_the_node_still_holds_it(
+    private_database_url: str, coordinator: asyncpg.Pool, one_shard_node: ShardMap
+) -> None:
+    user_id, post_id = _ids.next_id(), _ids.next_id()
+    await coordinator.execute(
+        "INSERT INTO users_101 (id, first_name, second_name, birthdate, city, password_hash)"
+        " VALUES ($1, 'Shard', 'Reader', '1990-01-01', 'Riga', 'x')",
+        user_id,
+    )
+    await coordinator.execute(
+        "INSERT INTO posts_101 (id, author_id, text) VALUES ($1, $2, 'on the shard')", post_id, user_id
+    )
+    reads = ShardReads(coordinator, private_database_url, _open_pool, one_shard_node)
     try:
         users, posts = UserRepository(coordinator, reads), PostRepository(coordinator, reads=reads)
         user = await users.get(user_id)
         assert user is not None
         assert user.first_name == "Shard"
         assert await users.exists(user_id)
-        assert not await users.exists(_ids.next_id())
+        assert not await users.exists(_ids.next_id())  # a missing row is None, not a row of NULLs
         assert await users.password_hash(user_id) == "x"
         post = await posts.get(user_id, post_id)
         assert post is not None
-        assert post.text == "routed"
-        assert await posts.author_of(post_id) == user_id  # no post_index shards in this map: coordinator
+        assert post.text == "on the shard"
         assert reads.direct == 5
+        assert reads.via_coordinator == 0
+        assert reads.stats()["open_pools"] == [one_shard_node.node_for("users", 1)]
+        # post_index has no shards in this map: its reads go to the coordinator's table.
+        assert await posts.author_of(post_id) is None
         assert reads.via_coordinator == 1
-        assert opened == [node_url(database_url, here)]
-        assert reads.stats()["open_pools"] == [here]
+
+        # The shard moved away (the node's metadata no longer places it here): the same read
+        # is answered by the coordinator, which here has no such user, and the map is reloaded.
+        await coordinator.execute("DELETE FROM pg_dist_placement")
+        assert await users.get(user_id) is None
+        assert reads.stale_reads == 1
+        assert reads.via_coordinator == 2
     finally:
         await reads.close()
 
-    dead = ShardReads(coordinator, database_url, open_pool, ShardMap(_four_shards(["127.0.0.1:1"])))
+
+async def test_a_dropped_shard_table_or_an_unreachable_node_falls_back_to_the_coordinator(
+    private_database_url: str, coordinator: asyncpg.Pool, one_shard_node: ShardMap
+) -> None:
+    user_id = await _new_user(coordinator)  # in the coordinator's table only
+    reads = ShardReads(coordinator, private_database_url, _open_pool, one_shard_node)
     try:
-        user = await UserRepository(coordinator, dead).get(user_id)
-        assert user is not None  # answered by the coordinator
+        await coordinator.execute("DROP TABLE users_101")  # Citus dropped the old placement
+        user = await UserRepository(coordinator, reads).get(user_id)
+        assert user is not None
+        assert reads.stale_reads == 1
+    finally:
+        await reads.close()
+
+    placements = [
+        Placement(p.table, p.min_hash, p.max_hash, "127.0.0.1:1", p.shard_id, p.group_id)
+        for p in (one_shard_node.placement_for("users", user_id),)
+        if p is not None
+    ]
+    dead = ShardReads(coordinator, private_database_url, _open_pool, ShardMap(placements))
+    try:
+        assert await UserRepository(coordinator, dead).get(user_id) is not None  # the coordinator answered
         assert dead.stats()["unreachable"] == ["127.0.0.1:1"]
         assert dead.via_coordinator == 1
         assert dead.direct == 0
