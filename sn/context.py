@@ -130,7 +130,7 @@ class Services:
         node_id = settings.resolved_node_id()
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
-        presence = Presence(redis)
+        presence = Presence(mux)
         eventlog = EventLog(redis)
         hub = Hub(redis, presence, eventlog, node_id=node_id, worker_name=worker_name, following=social.following)
         services = cls(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sn.actors.actions import Action, Close, SendText
@@ -35,16 +35,63 @@ class WebSocket(Protocol):
     def fail_connection(self, code: int = 1006, reason: str = "") -> bool: ...
 
 
-class SocketActor:
-    __slots__ = ("_held", "_wake", "_writer", "hub", "state", "user_id", "ws")
+# Past this many bytes waiting in the kernel-side buffer of our transport, frames go through the
+# writer task, which waits for the socket to drain (Sanic's flow control) instead of piling up.
+_DIRECT_WRITE_LIMIT = 64 * 1024
 
-    def __init__(self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub) -> None:
+DirectWrite = Callable[[bytes], bool]
+
+
+def direct_writer(ws: object) -> DirectWrite | None:
+    """A synchronous "write this text frame now" for a Sanic websocket, or None if it has no such path.
+
+    A fan-out delivers one event to thousands of sockets; through ``await ws.send(str)`` each
+    delivery wakes a writer task, decodes the frame to str and has websockets re-encode it. When
+    nothing else is writing on the socket and its buffer is short, the frame goes straight from
+    the router's call to the transport instead (websockets' sans-I/O protocol still frames it, so
+    its state stays right). Anything unusual (a ping or close in progress, a full buffer) answers
+    False and the caller falls back to the writer task.
+    """
+    protocol = getattr(ws, "ws_proto", None)
+    io = getattr(ws, "io_proto", None)
+    mutex = getattr(ws, "conn_mutex", None)
+    if protocol is None or io is None or mutex is None:
+        return None
+    from websockets.protocol import State
+
+    def write(frame: bytes) -> bool:
+        transport = io.transport
+        if (
+            mutex.locked()
+            or protocol.state is not State.OPEN
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > _DIRECT_WRITE_LIMIT
+        ):
+            return False
+        protocol.send_text(frame)
+        for data in protocol.data_to_send():
+            transport.write(data)
+        return True
+
+    return write
+
+
+class SocketActor:
+    __slots__ = ("_backlog", "_direct", "_held", "_sending", "_wake", "_writer", "hub", "state", "user_id", "ws")
+
+    def __init__(
+        self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub, direct: DirectWrite | None = None
+    ) -> None:
         self.ws = ws
         self.user_id = user_id
         self.state = state
         self.hub = hub
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._direct = direct
+        self._sending = False  # the writer task is between frames: direct writes would reorder
+        self._backlog: list[bytes] = []  # frames drained for a direct write that must wait
         # Live events that arrive while the replay is being read are held, then delivered
         # after it: delivered first, they would advance the cursor past the replayed ones.
         self._held: list[tuple[Event, PayloadCache]] | None = None
@@ -59,7 +106,26 @@ class SocketActor:
         if actions:
             self._closing(actions)
         elif self.state.pending:
+            if self._direct is None or self._sending or self._wake.is_set() or self._writer is None:
+                self._wake.set()
+            else:
+                self._write_now()
+
+    def _write_now(self) -> None:
+        assert self._direct is not None
+        frames = self.state.frames_to_send(64)
+        for index, frame in enumerate(frames):
+            if not self._direct(frame):
+                self._backlog = frames[index:]
+                self._wake.set()
+                return
+            self._sent()
+        if self.state.pending:
             self._wake.set()
+
+    def _sent(self) -> None:
+        self.hub.delivered += 1
+        metrics().messages_delivered.inc()
 
     def replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
         actions = self.state.replay(since, missed, PayloadCache())
@@ -91,10 +157,14 @@ class SocketActor:
         while not self.state.closed:
             await self._wake.wait()
             self._wake.clear()
-            for frame in self.state.frames_to_send(64):
-                await self.ws.send(frame.decode())
-                self.hub.delivered += 1
-                metrics().messages_delivered.inc()
+            self._sending = True
+            try:
+                frames, self._backlog = self._backlog + self.state.frames_to_send(64), []
+                for frame in frames:
+                    await self.ws.send(frame.decode())
+                    self._sent()
+            finally:
+                self._sending = False
             if self.state.pending:
                 self._wake.set()
 

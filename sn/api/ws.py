@@ -14,7 +14,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from sn.actors.connection import ConnectionState, ConnectionStats
 from sn.actors.encoding import Dialect
-from sn.actors.socket import SocketActor
+from sn.actors.socket import SocketActor, direct_writer
 from sn.api.common import path_id, services
 from sn.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 
@@ -78,7 +78,7 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, dialect: Dialect) 
     state = ConnectionState(
         dialect=dialect, max_frame_bytes=MAX_FRAME_BYTES, outbox_capacity=OUTBOX_CAPACITY, stats_provider=stats
     )
-    actor = SocketActor(ws, request.ctx.ws_user, state, hub)
+    actor = SocketActor(ws, request.ctx.ws_user, state, hub, direct=direct_writer(ws))
     await actor.run(since=request.ctx.ws_since, now=time.time())
 
 

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from redis.asyncio import Redis
+from sn.storage.redis_mux import MuxRedis
 
 _KEY = "sn:presence:{}"
 
@@ -46,11 +46,13 @@ def presence_key(user_id: int) -> str:
 class Presence:
     CHUNK = 500
 
-    def __init__(self, redis: Redis, *, ttl_seconds: float = 30.0) -> None:
+    def __init__(self, redis: MuxRedis, *, ttl_seconds: float = 30.0) -> None:
+        # Every socket's arrival and departure, and every fan-out's lookup, is a call here: on the
+        # multiplexed client a reconnect storm's thousands of calls pipeline on one connection.
         self._redis = redis
         self.ttl = ttl_seconds
-        self._lookup = redis.register_script(_LOOKUP)
-        self._refresh = redis.register_script(_REFRESH)
+        self._lookup = redis.script(_LOOKUP)
+        self._refresh = redis.script(_REFRESH)
 
     async def refresh(self, users: Iterable[int], stream: str) -> int:
         keys = [presence_key(u) for u in users]
@@ -60,7 +62,7 @@ class Presence:
         return len(keys)
 
     async def leave(self, user_id: int, stream: str) -> None:
-        await self._redis.zrem(presence_key(user_id), stream)
+        await self._redis.execute("ZREM", presence_key(user_id), stream)
 
     async def locate(self, users: Sequence[int]) -> dict[str, list[int]]:
         """Group the online users among `users` by the stream of each worker holding a socket of theirs."""

@@ -15,6 +15,7 @@ from sn.actors.messages import Event, event_to_json
 from sn.actors.router import GROUP, StreamRouter
 from sn.storage.eventlog import EventLog
 from sn.storage.presence import Presence
+from sn.storage.redis_mux import MuxRedis
 
 
 class Recorder:
@@ -28,13 +29,13 @@ class Recorder:
         self.events.append(event)
 
 
-def make_hub(aredis: Redis) -> Hub:
+def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
     async def following(user_id: int) -> list[int]:
         return []
 
     return Hub(
         aredis,
-        Presence(aredis),
+        Presence(amux),
         EventLog(aredis),
         node_id="test",
         worker_name=uuid.uuid4().hex[:8],
@@ -55,8 +56,8 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met")
 
 
-async def test_router_delivers_to_recipients_and_acks(aredis: Redis) -> None:
-    hub = make_hub(aredis)
+async def test_router_delivers_to_recipients_and_acks(aredis: Redis, amux: MuxRedis) -> None:
+    hub = make_hub(aredis, amux)
     alice, bob = Recorder(1), Recorder(2)
     hub._by_user = {1: {alice}, 2: {bob}}  # type: ignore[dict-item]
     router = StreamRouter(aredis, hub)
@@ -77,8 +78,8 @@ async def test_router_delivers_to_recipients_and_acks(aredis: Redis) -> None:
         await aredis.delete(hub.stream_key)
 
 
-async def test_entries_left_by_a_dead_consumer_are_claimed(aredis: Redis) -> None:
-    hub = make_hub(aredis)
+async def test_entries_left_by_a_dead_consumer_are_claimed(aredis: Redis, amux: MuxRedis) -> None:
+    hub = make_hub(aredis, amux)
     carol = Recorder(3)
     hub._by_user = {3: {carol}}  # type: ignore[dict-item]
     await aredis.xgroup_create(hub.stream_key, GROUP, id="$", mkstream=True)

@@ -10,6 +10,7 @@ from sn.actors.messages import Event, event_from_json, event_to_json
 from sn.storage import eventlog as eventlog_module
 from sn.storage.eventlog import EventLog
 from sn.storage.presence import Presence, presence_key
+from sn.storage.redis_mux import MuxRedis
 
 _ids = itertools.count(50_000_000)
 
@@ -18,8 +19,8 @@ def body(post_id: int, author: int) -> bytes:
     return event_to_json(Event(event_id=0, type="post_created", post_id=str(post_id), author_user_id=str(author)))
 
 
-async def test_presence_groups_online_users_by_worker_stream(aredis: Redis) -> None:
-    presence = Presence(aredis, ttl_seconds=30)
+async def test_presence_groups_online_users_by_worker_stream(amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
     a, b, c = next(_ids), next(_ids), next(_ids)
     await presence.refresh([a, b], "stream:w1")
     await presence.refresh([b], "stream:w2")  # b has tabs on two workers
@@ -29,8 +30,8 @@ async def test_presence_groups_online_users_by_worker_stream(aredis: Redis) -> N
     assert await presence.locate([b]) == {"stream:w2": [b]}
 
 
-async def test_presence_of_a_dead_worker_expires(aredis: Redis) -> None:
-    presence = Presence(aredis, ttl_seconds=30)
+async def test_presence_of_a_dead_worker_expires(aredis: Redis, amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
     user = next(_ids)
     await aredis.zadd(presence_key(user), {"stream:dead": 1.0})  # its last heartbeat expired long ago
     await presence.refresh([user], "stream:alive")
@@ -38,8 +39,8 @@ async def test_presence_of_a_dead_worker_expires(aredis: Redis) -> None:
     assert await aredis.zscore(presence_key(user), "stream:dead") is None  # swept on refresh
 
 
-async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: Redis) -> None:
-    presence, log = Presence(aredis), EventLog(aredis)
+async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: Redis, amux: MuxRedis) -> None:
+    presence, log = Presence(amux), EventLog(aredis)
     author, online, offline = next(_ids), next(_ids), next(_ids)
     stream = f"sn:rt:stream:test:{author}"
     await presence.refresh([online], stream)
