@@ -108,7 +108,7 @@ class Services:
         author_posts = FeedCache(
             redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, prefix="sn:authorposts:"
         )
-        social = SocialCache(redis, friends)
+        social = SocialCache(redis, friends, reads=mux)
         live = LiveSettings(
             redis,
             CelebritySettings(
@@ -131,7 +131,7 @@ class Services:
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
         presence = Presence(mux)
-        eventlog = EventLog(redis)
+        eventlog = EventLog(redis, reads=mux)
         hub = Hub(redis, presence, eventlog, node_id=node_id, worker_name=worker_name, following=social.following)
         services = cls(
             settings=settings,

@@ -14,6 +14,7 @@ older than what the log holds is told to resync over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sn.storage.presence import presence_key
+from sn.storage.redis_mux import MuxRedis
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
@@ -77,9 +79,17 @@ class EventLog:
     ROUTE_CHUNK = 1000
 
     def __init__(
-        self, redis: Redis, *, log_maxlen: int = 100_000, stream_maxlen: int = 10_000, max_age_seconds: float = 600
+        self,
+        redis: Redis,
+        *,
+        log_maxlen: int = 100_000,
+        stream_maxlen: int = 10_000,
+        max_age_seconds: float = 600,
+        reads: MuxRedis | None = None,
     ) -> None:
         self._redis = redis
+        # Replays run once per reconnecting socket: on the multiplexed client when there is one.
+        self._reads = reads
         self._log_maxlen = log_maxlen
         self._stream_maxlen = stream_maxlen
         self._max_age_ms = int(max_age_seconds * 1000)
@@ -122,8 +132,8 @@ class EventLog:
 
     async def replay(self, since: int, authors: Collection[int], *, limit: int) -> Replay:
         now_ms = int(time.time() * 1000)
-        current = int(await self._redis.get(COUNTER_KEY) or 0)
-        head: Any = await self._redis.xrange(LOG_KEY, count=1)
+        counter, head = await asyncio.gather(self._get(COUNTER_KEY), self._xrange("-", "+", 1))
+        current = int(counter or 0)
         oldest = int(head[0][0].split(b"-")[0]) if head else None
         if since > current:
             return Replay([], gap=True, oldest_available=oldest)
@@ -131,7 +141,7 @@ class EventLog:
             return Replay([], gap=False, oldest_available=oldest)
         if oldest is None or since + 1 < oldest:
             return Replay([], gap=True, oldest_available=oldest)
-        entries: Any = await self._redis.xrange(LOG_KEY, min=f"{since + 1}-0", max="+", count=10_000)
+        entries = await self._xrange(f"{since + 1}-0", "+", 10_000)
         events: list[tuple[int, bytes]] = []
         for entry_id, fields in entries:
             if now_ms - int(fields[b"t"]) > self._max_age_ms:
@@ -142,3 +152,16 @@ class EventLog:
                 if len(events) > limit:
                     return Replay([], gap=True, oldest_available=oldest)
         return Replay(events, gap=False, oldest_available=oldest)
+
+    async def _get(self, key: str) -> bytes | None:
+        if self._reads is not None:
+            return await self._reads.get(key)
+        value = await self._redis.get(key)
+        return value if isinstance(value, bytes) else None
+
+    async def _xrange(self, low: str, high: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if self._reads is None:
+            entries: Any = await self._redis.xrange(LOG_KEY, min=low, max=high, count=count)
+            return list(entries)
+        raw = await self._reads.execute("XRANGE", LOG_KEY, low, high, "COUNT", count)
+        return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in raw]

@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sn.storage.friends import FriendRepository
+from sn.storage.redis_mux import MuxRedis
 
 COUNTS_KEY = "sn:follower_counts"
 _FOLLOWERS = "sn:followers:{}"
@@ -38,15 +39,19 @@ return out
 
 
 class SocialCache:
-    def __init__(self, redis: Redis, friends: FriendRepository, *, ttl_seconds: int = 3600) -> None:
+    def __init__(
+        self, redis: Redis, friends: FriendRepository, *, ttl_seconds: int = 3600, reads: MuxRedis | None = None
+    ) -> None:
         self._redis = redis
+        # Cached-list reads (every reconnect with `since`, every fan-out) on the multiplexed client.
+        self._reads = reads
         self._friends = friends
         self._ttl = ttl_seconds
         self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded."""
-        members = await self._redis.smembers(key)
+        members = await (self._reads.execute("SMEMBERS", key) if self._reads is not None else self._redis.smembers(key))
         if members:
             return [int(m) for m in members if m != b"0"], False
         loaded = await load()

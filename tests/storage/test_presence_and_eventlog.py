@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from redis.asyncio import Redis
 
 from sn.actors.messages import Event, event_from_json, event_to_json
@@ -58,8 +59,14 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: R
     assert [eid for eid, _ in replay.events] == [event_id]
 
 
-async def test_replay_filters_by_author_and_detects_gaps(aredis: Redis) -> None:
-    log = EventLog(aredis)
+@pytest.fixture(params=["redis-py", "multiplexed"])
+def replay_log(request: pytest.FixtureRequest, aredis: Redis, amux: MuxRedis) -> EventLog:
+    """An EventLog reading replays through redis-py or through the multiplexed client (the server's)."""
+    return EventLog(aredis, reads=amux if request.param == "multiplexed" else None)
+
+
+async def test_replay_filters_by_author_and_detects_gaps(replay_log: EventLog) -> None:
+    log = replay_log
     followed, stranger = next(_ids), next(_ids)
     first, _ = await log.route_to_followers(body(10, followed), followed, [])
     await log.route_to_followers(body(11, stranger), stranger, [])
@@ -71,8 +78,8 @@ async def test_replay_filters_by_author_and_detects_gaps(aredis: Redis) -> None:
     assert (await log.replay(first - 1, {followed}, limit=1)).gap  # more missed than the cap
 
 
-async def test_replay_older_than_the_log_is_a_gap(aredis: Redis) -> None:
-    log = EventLog(aredis)
+async def test_replay_older_than_the_log_is_a_gap(aredis: Redis, replay_log: EventLog) -> None:
+    log = replay_log
     author = next(_ids)
     first, _ = await log.route_to_followers(body(20, author), author, [])
     await aredis.xtrim(eventlog_module.LOG_KEY, minid=f"{first + 1}-0")  # trimmed away
