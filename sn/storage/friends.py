@@ -50,9 +50,23 @@ class FriendRepository:
         rows = await self._pool.fetch("SELECT friend_id FROM friendships WHERE user_id = $1", user_id)
         return [row["friend_id"] for row in rows]
 
-    async def followers(self, author_id: int) -> list[int]:
-        rows = await self._pool.fetch("SELECT follower_id FROM followers WHERE author_id = $1", author_id)
-        return [row["follower_id"] for row in rows]
+    async def followers(self, author_id: int, *, page: int = 10_000) -> list[int]:
+        """Every follower, read in keyset pages: a celebrity's 100k rows decoded in one go would
+        hold the worker's event loop (and every request on it) for tens of milliseconds."""
+        found: list[int] = []
+        after = -(1 << 63)
+        while True:
+            rows = await self._pool.fetch(
+                "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id > $2"
+                " ORDER BY follower_id LIMIT $3",
+                author_id,
+                after,
+                page,
+            )
+            found.extend(row[0] for row in rows)
+            if len(rows) < page:
+                return found
+            after = rows[-1][0]
 
     async def follower_count(self, author_id: int) -> int:
         value = await self._pool.fetchval("SELECT count(*) FROM followers WHERE author_id = $1", author_id)

@@ -9,6 +9,7 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ return out
 
 
 class SocialCache:
+    CHUNK = 1000  # members per Redis command when a list is big
+
     def __init__(
         self, redis: Redis, friends: FriendRepository, *, ttl_seconds: int = 3600, reads: MuxRedis | None = None
     ) -> None:
@@ -51,16 +54,44 @@ class SocialCache:
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded."""
-        members = await (self._reads.execute("SMEMBERS", key) if self._reads is not None else self._redis.smembers(key))
+        members = await self._read_set(key)
         if members:
             return [int(m) for m in members if m != b"0"], False
         loaded = await load()
+        if len(loaded) <= self.CHUNK:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.sadd(key, _EMPTY, *loaded)
+                pipe.expire(key, self._ttl)
+                await pipe.execute()
+            return loaded, True
+        # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms, stalling every
+        # other command of every worker. Fill a private key in small commands, then swap it in.
+        staging = f"{key}:loading:{secrets.token_hex(4)}"
+        for start in range(0, len(loaded), self.CHUNK):
+            await self._redis.sadd(staging, *loaded[start : start + self.CHUNK])
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.sadd(key, _EMPTY, *loaded)
-            pipe.expire(key, self._ttl)
+            pipe.sadd(staging, _EMPTY)
+            pipe.expire(staging, self._ttl)
+            pipe.rename(staging, key)
             await pipe.execute()
         return loaded, True
+
+    async def _read_set(self, key: str) -> list[bytes]:
+        """SMEMBERS, but a big set is read in SSCAN pages so Redis never serialises it in one reply."""
+        if self._reads is None:
+            return list(await self._redis.smembers(key))  # type: ignore[arg-type]
+        size = int(await self._reads.execute("SCARD", key))
+        if size <= self.CHUNK:
+            return list(await self._reads.execute("SMEMBERS", key))
+        members: list[bytes] = []
+        cursor = b"0"
+        while True:
+            cursor, page = await self._reads.execute("SSCAN", key, cursor, "COUNT", self.CHUNK)
+            members.extend(page)
+            if cursor == b"0":
+                # SSCAN may return a member twice (a rehash during the scan): callers get a set's worth.
+                return list(dict.fromkeys(members))
 
     async def followers(self, author_id: int) -> list[int]:
         followers, loaded = await self._cached_list(

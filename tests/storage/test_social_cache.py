@@ -1,0 +1,60 @@
+"""SocialCache against real PostgreSQL and Redis: small and celebrity-sized follower lists."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from sn.ids import IdGenerator
+from sn.storage.friends import FriendRepository
+from sn.storage.redis_mux import MuxRedis
+from sn.storage.social_cache import SocialCache
+
+_ids = IdGenerator(1019)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+async def _author_with_followers(pool: asyncpg.Pool, count: int) -> tuple[int, list[int]]:
+    author = _ids.next_id()
+    followers = [_ids.next_id() for _ in range(count)]
+    await pool.copy_records_to_table(
+        "followers", records=[(author, f) for f in followers], columns=["author_id", "follower_id"]
+    )
+    return author, followers
+
+
+@pytest.mark.parametrize("count", [0, 3, 2_500], ids=["nobody", "few", "celebrity"])
+@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
+async def test_followers_are_loaded_cached_and_read_back(
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int, client: str
+) -> None:
+    author, expected = await _author_with_followers(pool, count)
+    social = SocialCache(aredis, FriendRepository(pool), reads=amux if client == "multiplexed" else None)
+    # Small pages so the celebrity case crosses several of them (keyset pagination, SSCAN).
+    social.CHUNK = 400
+    loaded = await social.followers(author)
+    assert sorted(loaded) == sorted(expected)
+    key = f"sn:followers:{author}"
+    assert await aredis.scard(key) == count + 1  # the "0" member marks a cached empty list
+    assert 0 < await aredis.ttl(key) <= 3600
+    assert await aredis.zscore("sn:follower_counts", str(author)) == count
+    assert [k async for k in aredis.scan_iter(match=f"{key}:loading:*")] == []  # staging key swapped in
+
+    await pool.execute("DELETE FROM followers WHERE author_id = $1", author)  # now served from Redis only
+    assert sorted(await social.followers(author)) == sorted(expected)
+
+
+async def test_follower_pages_cover_every_row(pool: asyncpg.Pool) -> None:
+    author, expected = await _author_with_followers(pool, 1_001)
+    assert sorted(await FriendRepository(pool).followers(author, page=100)) == sorted(expected)
+    assert sorted(await FriendRepository(pool).followers(author, page=1_001)) == sorted(expected)
