@@ -95,10 +95,11 @@ class PayloadCache:
     Short-lived by design: drop it after the batch so it never grows.
     """
 
-    __slots__ = ("_hits", "_payloads")
+    __slots__ = ("_frames", "_hits", "_payloads")
 
     def __init__(self) -> None:
         self._payloads: dict[_PayloadKey, bytes] = {}
+        self._frames: dict[tuple[int, Dialect], tuple[Event, bytes]] = {}
         self._hits = 0
 
     def payload(self, event: Event, dialect: Dialect) -> bytes:
@@ -118,8 +119,15 @@ class PayloadCache:
         return encoded
 
     def frame(self, event: Event, dialect: Dialect) -> bytes:
-        """Full event frame for one recipient, reusing the shared payload."""
-        return encode_event(event, dialect, self.payload(event, dialect))
+        """The full event frame, reusing the shared payload; one routing call's recipients (same
+        event, same id) share one frame object, which lets the socket layer frame it once too."""
+        key = (event.event_id, dialect)
+        cached = self._frames.get(key)
+        if cached is not None and (cached[0] is event or cached[0] == event):
+            return cached[1]
+        encoded = encode_event(event, dialect, self.payload(event, dialect))
+        self._frames[key] = (event, encoded)
+        return encoded
 
     @property
     def encoded(self) -> int:

@@ -69,6 +69,7 @@ class Hub:
         self.connections = 0
         self.accepted = 0
         self.delivered = 0
+        self._delivered_counted = 0
         self.slow_consumer_closes = 0
         self.extra_stats: Callable[[], dict[str, Any]] = dict
         self._pending_presence: set[int] = set()
@@ -169,6 +170,9 @@ class Hub:
                 batch, self._pending_presence = self._pending_presence, set()
                 await self._presence.refresh([u for u in batch if u in self._by_user], self.stream_key)
             if now >= next_stats:
+                # Counted here, not per frame: a multiprocess Prometheus counter is an mmap write.
+                metrics().messages_delivered.inc(self.delivered - self._delivered_counted)
+                self._delivered_counted = self.delivered
                 await self.publish_stats()
                 next_stats = now + STATS_INTERVAL_SECONDS
 

@@ -18,7 +18,6 @@ from sn.actors.connection import ConnectionState
 from sn.actors.encoding import PayloadCache
 from sn.actors.history import Resync
 from sn.actors.messages import Event
-from sn.metrics import metrics
 
 if TYPE_CHECKING:
     from sn.actors.hub import Hub
@@ -55,8 +54,8 @@ def direct_writer(ws: object) -> DirectWrite | None:
     protocol = getattr(ws, "ws_proto", None)
     io = getattr(ws, "io_proto", None)
     mutex = getattr(ws, "conn_mutex", None)
-    if protocol is None or io is None or mutex is None:
-        return None
+    if protocol is None or io is None or mutex is None or getattr(protocol, "extensions", None):
+        return None  # (a compression extension would make each socket's frame its own)
     from websockets.protocol import State
 
     def write(frame: bytes) -> bool:
@@ -64,17 +63,41 @@ def direct_writer(ws: object) -> DirectWrite | None:
         if (
             mutex.locked()
             or protocol.state is not State.OPEN
+            or protocol.expect_continuation_frame
             or transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size() > _DIRECT_WRITE_LIMIT
         ):
             return False
-        protocol.send_text(frame)
-        for data in protocol.data_to_send():
-            transport.write(data)
+        transport.write(wire_frame(frame))
         return True
 
     return write
+
+
+_last_frame: tuple[bytes, bytes] = (b"", b"\x81\x00")
+
+
+def wire_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it.
+
+    A fan-out hands the same payload object to every recipient (PayloadCache), so the last one
+    built is kept: the frame is assembled once per event, not once per socket, as
+    ``websockets.broadcast`` does.
+    """
+    global _last_frame
+    if payload is _last_frame[0]:
+        return _last_frame[1]
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    framed = header + payload
+    _last_frame = (payload, framed)
+    return framed
 
 
 class SocketActor:
@@ -124,8 +147,7 @@ class SocketActor:
             self._wake.set()
 
     def _sent(self) -> None:
-        self.hub.delivered += 1
-        metrics().messages_delivered.inc()
+        self.hub.delivered += 1  # the Prometheus counter follows once a second (Hub.presence_loop)
 
     def replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
         actions = self.state.replay(since, missed, PayloadCache())
