@@ -22,6 +22,7 @@ import orjson
 
 FLUSH_SECONDS = 0.2
 MAX_BUFFERED = 64 * 1024
+_ATOMIC_WRITE = 4096  # PIPE_BUF on Linux
 
 _logger = logging.getLogger("sn.access")
 
@@ -89,12 +90,24 @@ class AccessLog:
             self._timer = None
         if not self._buffer:
             return
-        text = "".join(self._buffer)
-        self._buffer.clear()
+        lines, self._buffer = self._buffer, []
         self._buffered = 0
         stream = self._stream or sys.stderr  # looked up late: tests and tools swap sys.stderr
         try:
-            stream.write(text)
-            stream.flush()
+            # Workers share stderr; when it is a pipe (Docker, systemd) only writes up to PIPE_BUF
+            # (4 KiB) are atomic, so batches are written in whole lines of at most that size, and
+            # a line from another worker never lands inside one of ours.
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > _ATOMIC_WRITE:
+                    stream.write("".join(chunk))
+                    stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                stream.write("".join(chunk))
+                stream.flush()
         except (OSError, ValueError):  # a closed or broken stderr must not fail requests
             pass

@@ -171,11 +171,13 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     @app.after_server_stop
     async def stop_services(app: Sanic[Any, Any]) -> None:
         services: Services | None = getattr(app.ctx, "services", None)
-        if services is not None:
-            await services.close()
-        access_log: AccessLog | None = getattr(app.ctx, "access_log", None)
-        if access_log is not None:
-            access_log.flush()
+        try:
+            if services is not None:
+                await services.close()
+        finally:
+            access_log: AccessLog | None = getattr(app.ctx, "access_log", None)
+            if access_log is not None:
+                access_log.flush()
 
     async def preflight(request: Request) -> HTTPResponse | None:
         request.ctx.started = time.perf_counter()

@@ -255,7 +255,8 @@ async def _shard_reads(settings: Settings, pool: asyncpg.Pool, database_url: str
 
     async def open_pool(url: str) -> asyncpg.Pool:
         # One prepared statement per query and shard: more than the coordinator pool needs.
-        return await create_pool(settings, url, min_size=0, statement_cache_size=1024)
+        # A short connect timeout: a node that drops packets must not hold reads for asyncpg's 60 s.
+        return await create_pool(settings, url, min_size=0, statement_cache_size=1024, connect_timeout=2.0)
 
     reads = ShardReads(pool, database_url, open_pool)
     try:

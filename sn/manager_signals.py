@@ -12,6 +12,11 @@ The fix keeps the handler free of IPC: it only posts ``__TERMINATE__`` on the mo
 which the manager's own loop already handles by running the same ``shutdown()`` outside signal
 context. A second signal still kills, as in Sanic, because an operator pressing Ctrl-C twice
 means it.
+
+Before every worker has acknowledged its start, the manager is in ``wait_for_ack``, which puts
+any message back on the pipe and keeps waiting: a posted ``__TERMINATE__`` would bounce there
+(busy-looping) until the workers came up, or forever if one hangs. So ``wait_for_ack`` is
+replaced too, with the same loop that hands ``__TERMINATE__`` on to the monitor loop at once.
 """
 
 from __future__ import annotations
@@ -41,8 +46,30 @@ def _deferred_shutdown_signal(manager: Any, signum: int, frame: FrameType | None
     manager.monitor_publisher.send(_TERMINATE)
 
 
+def _wait_for_ack(manager: Any) -> None:
+    """Sanic's ``WorkerManager.wait_for_ack`` (25.12), except that a requested shutdown ends the wait."""
+    from sanic.log import error_logger
+
+    misses = 0
+    while not manager._all_workers_ack():
+        if manager.monitor_subscriber.poll(0.1):
+            message = manager.monitor_subscriber.recv()
+            if message == _TERMINATE:
+                manager.monitor_publisher.send(_TERMINATE)  # for the monitor loop: it shuts down
+                return
+            if message != "__TERMINATE_EARLY__":
+                manager.monitor_publisher.send(message)
+                continue
+            misses = manager.THRESHOLD
+        misses += 1
+        if misses > manager.THRESHOLD:
+            error_logger.error("Not all workers acknowledged a successful startup. Shutting down.")
+            manager.kill()
+
+
 def install() -> None:
     """Patch the manager class before ``Sanic.serve`` builds one (the handler is bound there)."""
     from sanic.worker.manager import WorkerManager
 
     WorkerManager.shutdown_signal = _deferred_shutdown_signal  # type: ignore[method-assign]
+    WorkerManager.wait_for_ack = _wait_for_ack  # type: ignore[method-assign]

@@ -95,3 +95,25 @@ def test_server_logs_each_request_with_its_request_id(server: ServerProcess, cli
     )
     assert " sn.access: GET /health 200 " in line
     assert "status=200 remote=127.0.0.1" in line
+
+
+class _RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_batches_are_written_in_whole_lines_of_at_most_pipe_buf(access_level: logging.Logger) -> None:
+    # Workers share stderr; on a pipe only writes up to 4 KiB are atomic against each other.
+    stream = _RecordingStream()
+    log = AccessLog("text", stream)
+    for i in range(100):
+        log._buffer.append(f"line {i} " + "x" * 300 + "\n")  # what record() queues, without a loop
+    log.flush()
+    assert len(stream.writes) > 1
+    assert all(len(chunk) <= 4096 and chunk.endswith("\n") for chunk in stream.writes)
+    assert stream.getvalue().splitlines() == [f"line {i} " + "x" * 300 for i in range(100)]

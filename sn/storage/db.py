@@ -23,7 +23,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    settings: Settings, database_url: str, *, min_size: int | None = None, statement_cache_size: int | None = None
+    settings: Settings,
+    database_url: str,
+    *,
+    min_size: int | None = None,
+    statement_cache_size: int | None = None,
+    connect_timeout: float = 60.0,
 ) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         database_url,
@@ -35,6 +40,7 @@ async def create_pool(
             settings.db_statement_cache_size if statement_cache_size is None else statement_cache_size
         ),
         command_timeout=settings.request_timeout_seconds,
+        timeout=connect_timeout,
         init=_init_connection,
         reset=_keep_session,
     )

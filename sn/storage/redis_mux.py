@@ -28,9 +28,10 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
@@ -86,7 +87,9 @@ class _Protocol(asyncio.Protocol):
             if future.done():  # its caller was cancelled; the reply is dropped in order
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(reply)
+                # redis-py's classes for the codes (LOADING is a ConnectionError: a 503, as from
+                # redis-py; NOSCRIPT, WRONGPASS, ...), so callers cannot tell the clients apart.
+                future.set_exception(_redis_error(str(reply)))
             else:
                 future.set_result(reply)
 
@@ -102,6 +105,7 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self._failure = exc
+        self.closed = True  # new commands reconnect instead of joining a connection being torn down
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows and fails what is in flight
         else:
@@ -128,7 +132,7 @@ class MuxRedis:
     """One pipelined connection per worker, opened on first use and re-opened after a failure."""
 
     def __init__(self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> None:
-        self._options = parse_url(url)
+        self._options: dict[str, Any] = dict(parse_url(url))
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
@@ -151,13 +155,16 @@ class MuxRedis:
     async def _connected(self) -> _Protocol:
         # Concurrent callers share one connection attempt instead of opening one each.
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+            connecting = self._connecting = asyncio.ensure_future(self._connect())
+            # Cleared when it finishes, even if every caller waiting on it was cancelled meanwhile.
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(self._connecting)
+
+    def _connect_done(self, connecting: asyncio.Future[_Protocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a failure nobody awaited is not "never retrieved"
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -167,7 +174,7 @@ class MuxRedis:
                 if "path" in options:
                     _, protocol = await loop.create_unix_connection(lambda: _Protocol(self._timeout), options["path"])
                 else:
-                    tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
+                    tls = _tls_context(options) if options.get("connection_class") is SSLConnection else None
                     _, protocol = await loop.create_connection(
                         lambda: _Protocol(self._timeout),
                         options.get("host", "localhost"),
@@ -183,23 +190,30 @@ class MuxRedis:
     async def _handshake(self, protocol: _Protocol) -> None:
         options = self._options
         try:
-            if options.get("password"):
-                auth = (options["username"], options["password"]) if options.get("username") else (options["password"],)
-                await protocol.send(_pack(("AUTH", *auth)))
-            if options.get("db"):
-                await protocol.send(_pack(("SELECT", options["db"])))
+            await self._handshake_commands(protocol, options)
+        except ResponseError as exc:  # a refused AUTH or SELECT: the server is not usable as configured
+            protocol.close()
+            raise AuthenticationError(f"redis refused the connection setup: {exc}") from exc
         except BaseException:
             protocol.close()
             raise
+
+    async def _handshake_commands(self, protocol: _Protocol, options: dict[str, Any]) -> None:
+        if options.get("password"):
+            auth = (options["username"], options["password"]) if options.get("username") else (options["password"],)
+            await protocol.send(_pack(("AUTH", *auth)))
+        if options.get("db"):
+            await protocol.send(_pack(("SELECT", options["db"])))
 
     def script(self, source: str) -> MuxScript:
         return MuxScript(self, source)
 
     async def aclose(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
             with contextlib.suppress(BaseException):
-                await self._connecting
+                await connecting
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
@@ -216,8 +230,26 @@ class MuxScript:
     async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
         try:
             return await self._redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+        except NoScriptError:
+            pass
         await self._redis.execute("SCRIPT", "LOAD", self._source)
         return await self._redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def _redis_error(message: str) -> Exception:
+    error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS settings a ``rediss://`` URL carries, as redis-py reads them."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    requirement = str(options.get("ssl_cert_reqs", "required")).lower()
+    if requirement in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif requirement in ("optional", "cert_optional"):
+        context.verify_mode = ssl.CERT_OPTIONAL
+    if options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    return context

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +37,23 @@ import asyncpg
 log = logging.getLogger("sn.shard_reads")
 
 _MASK = 0xFFFFFFFF
+
+# A node that failed is left alone this long before direct reads try it again.
+UNREACHABLE_RETRY_SECONDS = 30.0
+
+# What says "this node cannot answer now" (not "this query is wrong"): the read goes to the
+# coordinator instead. A node restarting (admin/crash shutdown), out of connections or memory,
+# a broken or timed-out connection.
+_NODE_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InterfaceError,
+)
 
 # Tables whose reads are routed (by their distribution column).
 ROUTED_TABLES = ("users", "posts", "post_index")
@@ -161,7 +179,8 @@ class ShardReads:
         self._open_pool = open_pool
         self._map = shard_map or ShardMap([])
         self._pools: dict[str, asyncpg.Pool] = {}
-        self._unreachable: set[str] = set()
+        self._unreachable: dict[str, float] = {}  # node -> when to try it again (monotonic)
+        self._refreshing = asyncio.Lock()
         self._statements: dict[tuple[str, int, int], str] = {}
         self._reload: asyncio.Future[None] | None = None
         self.direct = 0
@@ -174,8 +193,9 @@ class ShardReads:
 
     async def refresh(self) -> None:
         """Reload the placements (after start, periodically, and after a promotion or demotion)."""
-        self._map = ShardMap(await load_placements(self._coordinator))
-        self._unreachable.clear()  # give nodes that failed another chance
+        # One at a time: a slow load finishing last must not replace a newer map.
+        async with self._refreshing:
+            self._map = ShardMap(await load_placements(self._coordinator))
 
     async def run(self, interval: float = 30.0) -> None:
         """Refresh the map every `interval` seconds; a failed refresh keeps the previous map."""
@@ -186,14 +206,22 @@ class ShardReads:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("shard map refresh failed, keeping the previous one: %s", exc)
 
+    def _reachable(self, node: str) -> bool:
+        retry_at = self._unreachable.get(node)
+        if retry_at is None:
+            return True
+        if time.monotonic() < retry_at:
+            return False
+        del self._unreachable[node]
+        return True
+
     async def _node_pool(self, node: str) -> asyncpg.Pool | None:
         pool = self._pools.get(node)
         if pool is None:
             try:
                 pool = self._pools[node] = await self._open_pool(node_url(self._url, node))
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("node %s unreachable for direct reads (%s); reading through the coordinator", node, exc)
-                self._unreachable.add(node)
+                self._mark_unreachable(node, exc)
                 return None
         return pool
 
@@ -217,13 +245,13 @@ class ShardReads:
         """One row of `query`, which names its table as ``{table}`` and selects at least one NOT NULL
         column (so a missing row and a row of NULLs cannot be confused in the guarded form)."""
         placement = self._map.placement_for(table, key)
-        if placement is not None and placement.node not in self._unreachable:
+        if placement is not None and self._reachable(placement.node):
             pool = await self._node_pool(placement.node)
             if pool is not None:
                 try:
                     row: asyncpg.Record | None = await pool.fetchrow(self._guarded(query, placement), *args)
-                except (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError):
-                    self._mark_unreachable(placement.node)
+                except _NODE_DOWN as exc:
+                    self._mark_unreachable(placement.node, exc)
                 except asyncpg.exceptions.UndefinedTableError:
                     self._moved()  # the shard table is already gone
                 else:
@@ -253,9 +281,15 @@ class ShardReads:
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("shard map reload failed, keeping the previous one: %s", exc)
 
-    def _mark_unreachable(self, node: str) -> None:
-        log.warning("direct read on %s failed; reading through the coordinator until the next refresh", node)
-        self._unreachable.add(node)
+    def _mark_unreachable(self, node: str, exc: BaseException) -> None:
+        log.warning(
+            "direct reads on %s failed (%s: %s); through the coordinator for %.0f s",
+            node,
+            type(exc).__name__,
+            exc,
+            UNREACHABLE_RETRY_SECONDS,
+        )
+        self._unreachable[node] = time.monotonic() + UNREACHABLE_RETRY_SECONDS
 
     def stats(self) -> dict[str, object]:
         return {

@@ -9,6 +9,7 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from sn.storage.friends import FriendRepository
 from sn.storage.redis_mux import MuxRedis
 
 COUNTS_KEY = "sn:follower_counts"
+_STAGING_TTL = 300  # seconds: longer than any load of a follower list
 _FOLLOWERS = "sn:followers:{}"
 FOLLOWING_PREFIX = "sn:following:"
 _FOLLOWING = FOLLOWING_PREFIX + "{}"
@@ -68,13 +70,21 @@ class SocialCache:
         # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms, stalling every
         # other command of every worker. Fill a private key in small commands, then swap it in.
         staging = f"{key}:loading:{secrets.token_hex(4)}"
-        for start in range(0, len(loaded), self.CHUNK):
-            await self._redis.sadd(staging, *loaded[start : start + self.CHUNK])
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(staging, _EMPTY)
-            pipe.expire(staging, self._ttl)
-            pipe.rename(staging, key)
-            await pipe.execute()
+        try:
+            for start in range(0, len(loaded), self.CHUNK):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(staging, *loaded[start : start + self.CHUNK])
+                    pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing behind
+                    await pipe.execute()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(staging, _EMPTY)
+                pipe.expire(staging, self._ttl)
+                pipe.rename(staging, key)
+                await pipe.execute()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._redis.delete(staging)
+            raise
         return loaded, True
 
     async def _read_set(self, key: str) -> list[bytes]:
@@ -90,8 +100,15 @@ class SocialCache:
             cursor, page = await self._reads.execute("SSCAN", key, cursor, "COUNT", self.CHUNK)
             members.extend(page)
             if cursor == b"0":
-                # SSCAN may return a member twice (a rehash during the scan): callers get a set's worth.
-                return list(dict.fromkeys(members))
+                break
+        # SSCAN may return a member twice (a rehash during the scan). These sets are only ever
+        # replaced or deleted whole, never edited, so a count that no longer matches means the key
+        # changed under the scan (an invalidation, a reload): read it in one reply instead, or
+        # report a miss if it is gone, rather than return part of a list.
+        unique = list(dict.fromkeys(members))
+        if len(unique) == size and int(await self._reads.execute("SCARD", key)) == size:
+            return unique
+        return list(await self._reads.execute("SMEMBERS", key))
 
     async def followers(self, author_id: int) -> list[int]:
         followers, loaded = await self._cached_list(

@@ -42,6 +42,13 @@ async def test_reads_the_database_named_in_the_url(amux: MuxRedis, aredis: Redis
     assert await amux.mget([k, key()]) == [b"in this database", None]
 
 
+async def test_loading_reply_is_a_connection_error_like_redis_py_raises(amux: MuxRedis) -> None:
+    # A restarted Redis answers -LOADING until its data is back: unavailable (503), not a bug (500).
+    script = amux.script("return redis.error_reply('LOADING Redis is loading the dataset in memory')")
+    with pytest.raises(redis.exceptions.BusyLoadingError):
+        await script(keys=[], args=[])
+
+
 async def test_error_reply_fails_only_its_command(amux: MuxRedis, aredis: Redis) -> None:
     k = key()
     await aredis.set(k, "not a number")
@@ -161,7 +168,8 @@ async def test_authenticates_and_selects_database(password_redis: str) -> None:
         await writer.aclose()
     wrong = MuxRedis(password_redis.replace("s3cret", "wrong"))
     try:
-        with pytest.raises(redis.exceptions.ResponseError):
+        # A ConnectionError subclass, as redis-py raises it: the API answers 503, not 500.
+        with pytest.raises(redis.exceptions.AuthenticationError):
             await wrong.get("k")
     finally:
         await wrong.aclose()
