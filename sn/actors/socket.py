@@ -101,7 +101,19 @@ def wire_frame(payload: bytes) -> bytes:
 
 
 class SocketActor:
-    __slots__ = ("_backlog", "_direct", "_held", "_sending", "_wake", "_writer", "hub", "state", "user_id", "ws")
+    __slots__ = (
+        "_backlog",
+        "_direct",
+        "_held",
+        "_held_dropped",
+        "_sending",
+        "_wake",
+        "_writer",
+        "hub",
+        "state",
+        "user_id",
+        "ws",
+    )
 
     def __init__(
         self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub, direct: DirectWrite | None = None
@@ -118,12 +130,15 @@ class SocketActor:
         # Live events that arrive while the replay is being read are held, then delivered
         # after it: delivered first, they would advance the cursor past the replayed ones.
         self._held: list[tuple[Event, PayloadCache]] | None = None
+        self._held_dropped = False  # more arrived than the outbox holds: the client gets a resync
 
     def deliver(self, event: Event, payloads: PayloadCache) -> None:
         """Called by the router; never awaits, so one slow socket cannot hold up the others."""
         if self._held is not None:
             if len(self._held) < self.state.outbox.capacity:
                 self._held.append((event, payloads))
+            else:
+                self._held_dropped = True
             return
         actions = self.state.deliver(event, payloads)
         if actions:
@@ -154,6 +169,18 @@ class SocketActor:
         if actions:
             self._closing(actions)
         self._wake.set()
+
+    def finish_replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
+        """Queue the replay, then the live events held while it was read; if some of those had
+        to be dropped, the client cannot be caught up frame by frame: it gets a resync instead."""
+        held, self._held = self._held or [], None
+        if self._held_dropped:
+            self._held_dropped = False
+            self.replay(since, Resync(since, None, "too many events arrived during the replay; refetch the feed"))
+            return
+        self.replay(since, missed)
+        for event, payloads in held:
+            self.deliver(event, payloads)
 
     def shutdown(self, code: int, reason: str) -> None:
         self._closing(self.state.close(code, reason))
@@ -200,10 +227,7 @@ class SocketActor:
             # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
             await self.hub.announce(self.user_id)
             if since is not None:
-                self.replay(since, await self.hub.missed_events(self.user_id, since))
-                held, self._held = self._held or [], None
-                for event, payloads in held:
-                    self.deliver(event, payloads)
+                self.finish_replay(since, await self.hub.missed_events(self.user_id, since))
             self._writer = asyncio.create_task(self._write_loop())
             while not self.state.closed:
                 message = await self.ws.recv()

@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from sn.storage.friends import FriendRepository
 from sn.storage.redis_mux import MuxRedis
 
 COUNTS_KEY = "sn:follower_counts"
 _STAGING_TTL = 300  # seconds: longer than any load of a follower list
+_GENERATION_TTL = 86_400  # a generation only has to outlive the loads that started before it
 _FOLLOWERS = "sn:followers:{}"
 FOLLOWING_PREFIX = "sn:following:"
 _FOLLOWING = FOLLOWING_PREFIX + "{}"
@@ -55,36 +57,53 @@ class SocialCache:
         self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
-        """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded."""
+        """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
+
+        A follow or unfollow while the list is being loaded would otherwise be undone: the loader
+        read the database before the change, and writing that list after the change's
+        invalidation would keep it stale for the whole TTL. Every change bumps `<key>:gen`; the
+        load is stored only if the generation it started from is still current (WATCH), and
+        otherwise served once without being cached.
+        """
         members = await self._read_set(key)
         if members:
             return [int(m) for m in members if m != b"0"], False
+        generation_key = f"{key}:gen"
+        generation = await self._redis.get(generation_key)
         loaded = await load()
-        if len(loaded) <= self.CHUNK:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.sadd(key, _EMPTY, *loaded)
-                pipe.expire(key, self._ttl)
-                await pipe.execute()
-            return loaded, True
-        # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms, stalling every
-        # other command of every worker. Fill a private key in small commands, then swap it in.
-        staging = f"{key}:loading:{secrets.token_hex(4)}"
+        staging: str | None = None
         try:
-            for start in range(0, len(loaded), self.CHUNK):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(staging, *loaded[start : start + self.CHUNK])
-                    pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing behind
-                    await pipe.execute()
+            if len(loaded) > self.CHUNK:
+                # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms,
+                # stalling every other command of every worker. Fill a private key in small
+                # commands, then swap it in.
+                staging = f"{key}:loading:{secrets.token_hex(4)}"
+                for start in range(0, len(loaded), self.CHUNK):
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.sadd(staging, *loaded[start : start + self.CHUNK])
+                        pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing
+                        await pipe.execute()
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(staging, _EMPTY)
-                pipe.expire(staging, self._ttl)
-                pipe.rename(staging, key)
+                await pipe.watch(generation_key)
+                if await pipe.get(generation_key) != generation:
+                    return loaded, True  # changed while loading: correct for this caller, not cached
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if staging is None:
+                    pipe.delete(key)
+                    pipe.sadd(key, _EMPTY, *loaded)
+                    pipe.expire(key, self._ttl)
+                else:
+                    pipe.sadd(staging, _EMPTY)
+                    pipe.expire(staging, self._ttl)
+                    pipe.rename(staging, key)
+                    staging = None
                 await pipe.execute()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._redis.delete(staging)
-            raise
+        except WatchError:
+            pass  # a change landed between the check and the write: not cached
+        finally:
+            if staging is not None:
+                with contextlib.suppress(Exception):
+                    await self._redis.delete(staging)
         return loaded, True
 
     async def _read_set(self, key: str) -> list[bytes]:
@@ -138,8 +157,14 @@ class SocialCache:
         return [int(m) for m in found or []]
 
     async def follow_changed(self, user_id: int, friend_id: int) -> None:
-        """Drop both sides' cached lists and recount the followee from the database."""
-        await self._redis.delete(_FOLLOWING.format(user_id), _FOLLOWERS.format(friend_id))
+        """Drop both sides' cached lists (and void loads in flight) and recount the followee."""
+        keys = (_FOLLOWING.format(user_id), _FOLLOWERS.format(friend_id))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            for key in keys:
+                pipe.incr(f"{key}:gen")
+                pipe.expire(f"{key}:gen", _GENERATION_TTL)
+            await pipe.execute()
         count = await self._friends.follower_count(friend_id)
         await self._redis.zadd(COUNTS_KEY, {str(friend_id): count})
 

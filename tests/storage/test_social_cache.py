@@ -58,3 +58,27 @@ async def test_follower_pages_cover_every_row(pool: asyncpg.Pool) -> None:
     author, expected = await _author_with_followers(pool, 1_001)
     assert sorted(await FriendRepository(pool).followers(author, page=100)) == sorted(expected)
     assert sorted(await FriendRepository(pool).followers(author, page=1_001)) == sorted(expected)
+
+
+@pytest.mark.parametrize("count", [3, 2_500], ids=["few", "celebrity"])
+async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
+    pool: asyncpg.Pool, aredis: Redis, count: int
+) -> None:
+    author, before = await _author_with_followers(pool, count)
+    social = SocialCache(aredis, FriendRepository(pool))
+    social.CHUNK = 400
+    newcomer = _ids.next_id()
+    key = f"sn:followers:{author}"
+
+    async def load_then_someone_follows() -> list[int]:
+        stale = await FriendRepository(pool).followers(author)  # read before the follow commits
+        await pool.execute("INSERT INTO followers (author_id, follower_id) VALUES ($1, $2)", author, newcomer)
+        await social.follow_changed(newcomer, author)  # what the follow request does after its commit
+        return stale
+
+    loaded, was_loaded = await social._cached_list(key, load_then_someone_follows)
+    assert was_loaded
+    assert sorted(loaded) == sorted(before)  # this caller's answer is its own read
+    assert not await aredis.exists(key)  # ... but it was not cached over the newer state
+    assert [k async for k in aredis.scan_iter(match=f"{key}:loading:*")] == []
+    assert newcomer in await social.followers(author)  # the next read loads the current list
