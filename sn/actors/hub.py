@@ -135,7 +135,9 @@ class Hub:
         return count
 
     async def missed_events(self, user_id: int, since: int) -> list[Event] | Resync:
-        authors = set(await self._following(user_id))
+        async def authors() -> set[int]:
+            return set(await self._following(user_id))
+
         replay = await self._eventlog.replay(since, authors, limit=self._replay_limit)
         if replay.gap:
             return Resync(since, replay.oldest_available)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,12 @@ class EventLog:
             event_id, reached = int(result[0]), reached + int(result[1])
         return event_id, reached
 
-    async def replay(self, since: int, authors: Collection[int], *, limit: int) -> Replay:
+    async def replay(
+        self, since: int, authors: Collection[int] | Callable[[], Awaitable[Collection[int]]], *, limit: int
+    ) -> Replay:
+        """The logged events after `since` by `authors`, or a gap. `authors` may be a coroutine
+        function: it is called only when there are entries to filter, so a client that missed
+        nothing (the common reconnect) costs no follow-list lookup."""
         now_ms = int(time.time() * 1000)
         counter, head = await asyncio.gather(self._get(COUNTER_KEY), self._xrange("-", "+", 1))
         current = int(counter or 0)
@@ -142,6 +147,8 @@ class EventLog:
         if oldest is None or since + 1 < oldest:
             return Replay([], gap=True, oldest_available=oldest)
         entries = await self._xrange(f"{since + 1}-0", "+", 10_000)
+        if callable(authors):
+            authors = set(await authors()) if entries else set()
         events: list[tuple[int, bytes]] = []
         for entry_id, fields in entries:
             if now_ms - int(fields[b"t"]) > self._max_age_ms:

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from sn.storage.friends import FriendRepository
 from sn.storage.redis_mux import MuxRedis
@@ -43,6 +42,34 @@ return out
 """
 
 
+# KEYS[1] list, KEYS[2] its generation; ARGV[1] generation the load started from ('' = none),
+# ARGV[2] ttl, ARGV[3..] members. Stores the list only if no change happened since.
+_STORE_IF_CURRENT = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 1000 do
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS[1] list, KEYS[2] its generation, KEYS[3] the filled staging set; ARGV[1] generation, ARGV[2] ttl.
+_SWAP_IF_CURRENT = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SADD', KEYS[3], '0')
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+redis.call('RENAME', KEYS[3], KEYS[1])
+return 1
+"""
+
+
+def _script(redis: Redis | MuxRedis, source: str) -> Callable[..., Awaitable[Any]]:
+    if isinstance(redis, MuxRedis):
+        return redis.script(source)
+    return redis.register_script(source)
+
+
 class SocialCache:
     CHUNK = 1000  # members per Redis command when a list is big
 
@@ -55,6 +82,11 @@ class SocialCache:
         self._friends = friends
         self._ttl = ttl_seconds
         self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
+        # Run on every cache miss of a list (each reconnect of a user never seen before): on the
+        # multiplexed connection when there is one.
+        scripts: Redis | MuxRedis = reads if reads is not None else redis
+        self._store = _script(scripts, _STORE_IF_CURRENT)
+        self._swap = _script(scripts, _SWAP_IF_CURRENT)
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
@@ -62,46 +94,34 @@ class SocialCache:
         A follow or unfollow while the list is being loaded would otherwise be undone: the loader
         read the database before the change, and writing that list after the change's
         invalidation would keep it stale for the whole TTL. Every change bumps `<key>:gen`; the
-        load is stored only if the generation it started from is still current (WATCH), and
-        otherwise served once without being cached.
+        load is stored (by a script, atomically) only if the generation it started from is still
+        current, and otherwise answered once without being cached.
         """
         members = await self._read_set(key)
         if members:
             return [int(m) for m in members if m != b"0"], False
         generation_key = f"{key}:gen"
-        generation = await self._redis.get(generation_key)
+        raw_generation = await (
+            self._reads.get(generation_key) if self._reads is not None else self._redis.get(generation_key)
+        )
+        generation = raw_generation.decode() if isinstance(raw_generation, bytes) else ""
         loaded = await load()
-        staging: str | None = None
+        if len(loaded) <= self.CHUNK:
+            await self._store(keys=[key, generation_key], args=[generation, self._ttl, _EMPTY, *loaded])
+            return loaded, True
+        # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms, stalling every
+        # other command of every worker. Fill a private key in small commands, then swap it in.
+        staging = f"{key}:loading:{secrets.token_hex(4)}"
+        swapped = False
         try:
-            if len(loaded) > self.CHUNK:
-                # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms,
-                # stalling every other command of every worker. Fill a private key in small
-                # commands, then swap it in.
-                staging = f"{key}:loading:{secrets.token_hex(4)}"
-                for start in range(0, len(loaded), self.CHUNK):
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        pipe.sadd(staging, *loaded[start : start + self.CHUNK])
-                        pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing
-                        await pipe.execute()
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(generation_key)
-                if await pipe.get(generation_key) != generation:
-                    return loaded, True  # changed while loading: correct for this caller, not cached
-                pipe.multi()  # type: ignore[no-untyped-call]
-                if staging is None:
-                    pipe.delete(key)
-                    pipe.sadd(key, _EMPTY, *loaded)
-                    pipe.expire(key, self._ttl)
-                else:
-                    pipe.sadd(staging, _EMPTY)
-                    pipe.expire(staging, self._ttl)
-                    pipe.rename(staging, key)
-                    staging = None
-                await pipe.execute()
-        except WatchError:
-            pass  # a change landed between the check and the write: not cached
+            for start in range(0, len(loaded), self.CHUNK):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(staging, *loaded[start : start + self.CHUNK])
+                    pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing
+                    await pipe.execute()
+            swapped = bool(await self._swap(keys=[key, generation_key, staging], args=[generation, self._ttl]))
         finally:
-            if staging is not None:
+            if not swapped:
                 with contextlib.suppress(Exception):
                     await self._redis.delete(staging)
         return loaded, True

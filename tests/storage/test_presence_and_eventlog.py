@@ -85,3 +85,25 @@ async def test_replay_older_than_the_log_is_a_gap(aredis: Redis, replay_log: Eve
     await aredis.xtrim(eventlog_module.LOG_KEY, minid=f"{first + 1}-0")  # trimmed away
     await log.route_to_followers(body(21, author), author, [])
     assert (await log.replay(first - 1, {author}, limit=10)).gap
+
+
+async def test_follow_list_is_looked_up_only_when_there_is_something_to_filter(
+    replay_log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log of this test's own: the session's server may log events into the shared one meanwhile.
+    monkeypatch.setattr(eventlog_module, "LOG_KEY", f"t:rt:log:{next(_ids)}")
+    author = next(_ids)
+    calls: list[int] = []
+
+    async def authors() -> set[int]:
+        calls.append(1)
+        return {author}
+
+    last, _ = await replay_log.route_to_followers(body(30, author), author, [])
+    nothing = await replay_log.replay(last, authors, limit=10)  # the usual reconnect: missed nothing
+    assert not nothing.gap
+    assert nothing.events == []
+    assert calls == []
+    missed = await replay_log.replay(last - 1, authors, limit=10)
+    assert [event_id for event_id, _ in missed.events] == [last]
+    assert calls == [1]

@@ -61,11 +61,12 @@ async def test_follower_pages_cover_every_row(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.parametrize("count", [3, 2_500], ids=["few", "celebrity"])
+@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
-    pool: asyncpg.Pool, aredis: Redis, count: int
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int, client: str
 ) -> None:
     author, before = await _author_with_followers(pool, count)
-    social = SocialCache(aredis, FriendRepository(pool))
+    social = SocialCache(aredis, FriendRepository(pool), reads=amux if client == "multiplexed" else None)
     social.CHUNK = 400
     newcomer = _ids.next_id()
     key = f"sn:followers:{author}"
