@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -37,6 +37,15 @@ async def eventually(predicate: Callable[[], bool], within: float = 10.0, what: 
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+async def eventually_true(check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition") -> None:
+    """`eventually` for a check that needs I/O (the bus counts a message before it acknowledges it)."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 class Inbox:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from sn.pipeline.redis_bus import GROUP, RedisStreamBus
-from tests.pipeline.conftest import Inbox, RedisHarness, eventually
+from tests.pipeline.conftest import Inbox, RedisHarness, eventually, eventually_true
 
 
 async def test_entries_of_a_crashed_consumer_are_claimed(redis_harness: RedisHarness) -> None:
@@ -24,7 +24,7 @@ async def test_entries_of_a_crashed_consumer_are_claimed(redis_harness: RedisHar
     waited = await eventually(lambda: inbox.bodies == [b'{"orphan":1}'], what="the orphan to be claimed")
     assert waited >= 0.2, "claimed before it was idle for claim_idle"
     await eventually(lambda: bus.stats()["consumed"] == 1)
-    assert (await raw.xpending(stream, GROUP))["pending"] == 0
+    await eventually_true(lambda: _nothing_pending(raw, stream), what="the claimed entry to be acknowledged")
 
 
 async def test_a_slow_entry_of_a_live_consumer_is_not_stolen(redis_harness: RedisHarness) -> None:
@@ -73,4 +73,11 @@ async def test_dead_entry_records_where_it_came_from(redis_harness: RedisHarness
     assert fields[b"stream"] == bus.streams["celebrity"].encode()
     assert fields[b"deliveries"] == b"2"
     assert inbox.calls[b'{"bad":1}'] == 2
-    assert (await raw.xpending(bus.streams["celebrity"], GROUP))["pending"] == 0
+    await eventually_true(
+        lambda: _nothing_pending(raw, bus.streams["celebrity"]), what="the dead entry to be acknowledged"
+    )
+
+
+async def _nothing_pending(raw: Any, stream: str) -> bool:
+    pending: Any = await raw.xpending(stream, GROUP)
+    return bool(pending["pending"] == 0)
