@@ -9,7 +9,7 @@ import asyncpg
 
 from sn.pipeline.events import PostEvent
 from sn.pipeline.outbox import Outbox
-from sn.storage.shard_reads import ShardReads
+from sn.storage.shard_reads import PoolReads, ShardReads
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class PostRepository:
         self._pool = pool
         self._outbox = outbox
         # Citus: single-shard reads straight to the shard on its node (storage/shard_reads.py).
-        self._reads = reads
+        self._reads: ShardReads | PoolReads = reads or PoolReads(pool)
 
     async def create(self, post_id: int, author_id: int, text: str) -> PostRow:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -65,18 +65,12 @@ class PostRepository:
 
     async def author_of(self, post_id: int) -> int | None:
         query = "SELECT author_id FROM {table} WHERE id = $1"
-        if self._reads is not None:
-            value = await self._reads.fetchval("post_index", post_id, query, post_id)
-        else:
-            value = await self._pool.fetchval(query.format(table="post_index"), post_id)
+        value = await self._reads.fetchval("post_index", post_id, query, post_id)
         return int(value) if isinstance(value, int) else None
 
     async def get(self, author_id: int, post_id: int) -> PostRow | None:
         query = "SELECT id, author_id, text, created_at FROM {table} WHERE author_id = $1 AND id = $2"
-        if self._reads is not None:
-            row = await self._reads.fetchrow("posts", author_id, query, author_id, post_id)
-        else:
-            row = await self._pool.fetchrow(query.format(table="posts"), author_id, post_id)
+        row = await self._reads.fetchrow("posts", author_id, query, author_id, post_id)
         return _to_post(row) if row is not None else None
 
     async def get_many(self, keys: list[tuple[int, int]]) -> list[PostRow]:

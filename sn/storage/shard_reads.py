@@ -168,6 +168,21 @@ def node_url(database_url: str, node: str) -> str:
 PoolFactory = Callable[[str], Awaitable[asyncpg.Pool]]
 
 
+class PoolReads:
+    """`ShardReads`' interface over one pool: plain PostgreSQL, or Citus with direct reads off.
+    Repositories write their single-shard reads once, with ``{table}`` for the table name."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def fetchrow(self, table: str, key: int, query: str, *args: object) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self._pool.fetchrow(query.format(table=table), *args)
+        return row
+
+    async def fetchval(self, table: str, key: int, query: str, *args: object) -> object:
+        return await self._pool.fetchval(query.format(table=table), *args)
+
+
 class ShardReads:
     """Picks the pool for a single-shard read; owns one small pool per node, opened on first use."""
 

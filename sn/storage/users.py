@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from sn.models import User
-from sn.storage.shard_reads import ShardReads
+from sn.storage.shard_reads import PoolReads, ShardReads
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,8 @@ def _like_prefix(value: str) -> str:
 class UserRepository:
     def __init__(self, pool: asyncpg.Pool, reads: ShardReads | None = None) -> None:
         self._pool = pool
-        self._reads = reads  # Citus: single-shard reads straight to the shard's node
+        # Citus: single-shard reads straight to the shard's node; otherwise through the pool.
+        self._reads: ShardReads | PoolReads = reads or PoolReads(pool)
 
     async def create(self, user: NewUser) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -84,10 +85,7 @@ class UserRepository:
 
     async def _fetchrow(self, user_id: int, query: str) -> asyncpg.Record | None:
         """`query` names the table `{table}`: on Citus it may run on the user's shard directly."""
-        if self._reads is not None:
-            return await self._reads.fetchrow("users", user_id, query, user_id)
-        row: asyncpg.Record | None = await self._pool.fetchrow(query.format(table="users"), user_id)
-        return row
+        return await self._reads.fetchrow("users", user_id, query, user_id)
 
     async def get(self, user_id: int) -> User | None:
         row = await self._fetchrow(user_id, f"SELECT {_USER_COLUMNS} FROM {{table}} WHERE id = $1")
