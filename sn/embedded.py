@@ -583,7 +583,7 @@ class EmbeddedPostgres(_ChildServer):
             return self.url
         bindir = _pg_bindir()
         runas = self._runas = _pg_runas()
-        self._prepare_data_dir(runas)
+        self._prepare_data_dir(runas, bindir)
         _reclaim_pid_file(self.data_dir / "postmaster.pid", self.data_dir, self.what, signal.SIGINT, self.stop_timeout)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bindir, runas)
@@ -636,7 +636,7 @@ class EmbeddedPostgres(_ChildServer):
 
     # -- internals
 
-    def _prepare_data_dir(self, runas: _RunAs) -> None:
+    def _prepare_data_dir(self, runas: _RunAs, bindir: Path) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.geteuid() != 0:
             return  # nothing to fix; postgres reports a wrong owner itself
@@ -647,6 +647,9 @@ class EmbeddedPostgres(_ChildServer):
             _chown_tree(self.data_dir, uid, gid)
         if runas.mode == "user":
             _grant_traversal(self.data_dir, uid, gid)
+            # The binaries too: the venv may sit under a directory only root can enter (a checkout
+            # in /root, or in a mktemp -d directory, is 0700 while the data lives elsewhere).
+            _grant_traversal(bindir / "postgres", uid, gid)
 
     def _initdb(self, bindir: Path, runas: _RunAs) -> None:
         leftovers = sorted(p.name for p in self.data_dir.iterdir())
