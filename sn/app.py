@@ -22,6 +22,7 @@ from sanic.response import BaseHTTPResponse
 from sn import logs
 from sn.access_log import AccessLog
 from sn.actors.actions import CLOSE_GOING_AWAY
+from sn.actors.socket import CLOSE_TIMEOUT_SECONDS
 from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
 from sn.context import Services
 from sn.errors import ApiError, ServiceUnavailable
@@ -147,8 +148,6 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.ctx.settings = settings
     app.ctx.draining = False
 
-    app.config.WEBSOCKET_MAX_SIZE = ws.MAX_FRAME_BYTES  # larger client frames: closed with 1009
-
     for module in (users, friends, posts, dialogs, health, openapi, ws, monitoring, admin):
         app.blueprint(module.bp)
 
@@ -167,6 +166,9 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
         if services is not None:
             for actor in services.hub.all_sockets():
                 actor.shutdown(CLOSE_GOING_AWAY, "server shutting down")
+            # The sockets are not Sanic's connections (sn.api.ws took them over), so Sanic
+            # would not wait for their closing handshakes: wait here, bounded.
+            await services.hub.wait_closed(CLOSE_TIMEOUT_SECONDS + 1)
 
     @app.after_server_stop
     async def stop_services(app: Sanic[Any, Any]) -> None:

@@ -186,6 +186,12 @@ class Services:
         self.loops = [
             SupervisedLoop("router", router.run),
             SupervisedLoop("presence", self.hub.presence_loop),
+            SupervisedLoop(
+                "keepalive",
+                lambda: self.hub.keepalive_loop(
+                    self.settings.ws_ping_interval_seconds, self.settings.ws_ping_timeout_seconds
+                ),
+            ),
             SupervisedLoop("live-settings", self.live.poll),
             SupervisedLoop("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64)),
             # One celebrity fan-out at a time per worker: its batches are paced, not parallel.

@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     celebrity_batch_size: int = 100
     celebrity_batch_delay: float = 0.1
     node_id: str | None = None
+    # WebSocket keepalive: a socket quiet for this long is pinged, and dropped (1011) when the
+    # pong does not come within the timeout. One sweep per worker does it, not a task per socket.
+    ws_ping_interval_seconds: float = 20.0
+    ws_ping_timeout_seconds: float = 20.0
 
     # Citus (`sn cluster init`): comma-separated host:port of the regular workers, and the hot
     # worker that holds only hot users' shards. Unused on single-node PostgreSQL.
@@ -209,6 +213,8 @@ def _validate(settings: Settings) -> None:
         problems.append("SN_FEED_CACHE_SIZE must be >= 10")
     if settings.celebrity_threshold < 1 or settings.celebrity_batch_size < 1 or settings.celebrity_batch_delay < 0:
         problems.append("CELEBRITY_THRESHOLD and CELEBRITY_BATCH_SIZE must be >= 1, CELEBRITY_BATCH_DELAY >= 0")
+    if settings.ws_ping_interval_seconds <= 0 or settings.ws_ping_timeout_seconds <= 0:
+        problems.append("SN_WS_PING_INTERVAL_SECONDS and SN_WS_PING_TIMEOUT_SECONDS must be > 0")
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

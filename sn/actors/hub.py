@@ -30,6 +30,8 @@ log = logging.getLogger("sn.actors.hub")
 WORKERS_KEY = "sn:rt:workers"
 STATS_TTL_SECONDS = 15.0
 STATS_INTERVAL_SECONDS = 1.0
+KEEPALIVE_SWEEP_SECONDS = 1.0
+KEEPALIVE_SLICE = 500
 
 
 class WorkerStats(msgspec.Struct):
@@ -65,7 +67,9 @@ class Hub:
         self.node_id = node_id
         self.worker_name = worker_name
         self.stream_key = f"sn:rt:stream:{node_id}:{worker_name}"
-        self._by_user: dict[int, set[SocketActor]] = {}
+        # A list, not a set: most users hold one socket, and a one-element list is a quarter
+        # of the memory of a one-element set (10k sockets, 10k of these).
+        self._by_user: dict[int, list[SocketActor]] = {}
         self.connections = 0
         self.accepted = 0
         self.delivered = 0
@@ -77,12 +81,13 @@ class Hub:
         # (the state machine asks synchronously, so this cannot be a Redis call).
         self.cluster: dict[str, Any] = {}
         self._presence_dirty = asyncio.Event()
+        self._emptied: asyncio.Event | None = None  # set up by wait_closed (shutdown only)
 
     # -- connections -----------------------------------------------------------------------
 
     def add(self, actor: SocketActor) -> None:
-        sockets = self._by_user.setdefault(actor.user_id, set())
-        sockets.add(actor)
+        sockets = self._by_user.setdefault(actor.user_id, [])
+        sockets.append(actor)
         self.connections += 1
         self.accepted += 1
         metrics().connections.inc()
@@ -96,9 +101,11 @@ class Hub:
         sockets = self._by_user.get(actor.user_id)
         if sockets is None or actor not in sockets:
             return
-        sockets.discard(actor)
+        sockets.remove(actor)
         self.connections -= 1
         metrics().connections.dec()
+        if not self.connections and self._emptied is not None:
+            self._emptied.set()
         if not sockets:
             del self._by_user[actor.user_id]
             self._pending_presence.discard(actor.user_id)
@@ -118,8 +125,8 @@ class Hub:
     def users(self) -> int:
         return len(self._by_user)
 
-    def sockets_of(self, user_id: int) -> set[SocketActor]:
-        return self._by_user.get(user_id, set())
+    def sockets_of(self, user_id: int) -> list[SocketActor]:
+        return self._by_user.get(user_id, [])
 
     def all_sockets(self) -> list[SocketActor]:
         return [actor for sockets in self._by_user.values() for actor in sockets]
@@ -129,7 +136,8 @@ class Hub:
     def deliver(self, event: Event, recipients: Sequence[int], payloads: PayloadCache) -> int:
         count = 0
         for user_id in recipients:
-            for actor in tuple(self._by_user.get(user_id, ())):
+            # No copy: a delivery never removes a socket synchronously (only connection_lost does).
+            for actor in self._by_user.get(user_id, ()):
                 actor.deliver(event, payloads)
                 count += 1
         return count
@@ -151,6 +159,32 @@ class Hub:
                 seen.add(key)
                 events.append(event)
         return events
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait until every socket of this worker is gone (closing handshakes done); False on timeout."""
+        if self.connections:
+            self._emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+        return not self.connections
+
+    # -- keepalive ---------------------------------------------------------------------------
+
+    async def keepalive_loop(self, interval: float, timeout: float) -> None:
+        """One sweep a second over this worker's sockets instead of a sleeping task per socket.
+
+        Each socket is pinged once it has been quiet for ``interval`` and dropped if nothing
+        comes back within ``timeout``. The sweep yields every few hundred sockets, so sockets
+        that connected together (and so fall due together) never hold the loop for long.
+        """
+        while True:
+            await asyncio.sleep(KEEPALIVE_SWEEP_SECONDS)
+            sockets = self.all_sockets()
+            for start in range(0, len(sockets), KEEPALIVE_SLICE):
+                now = time.monotonic()
+                for actor in sockets[start : start + KEEPALIVE_SLICE]:
+                    actor.keepalive(now, interval, timeout)
+                await asyncio.sleep(0)
 
     # -- heartbeats --------------------------------------------------------------------------
 

@@ -1,136 +1,157 @@
-"""The connection actor: one per WebSocket, a thin adapter around `ConnectionState`.
+"""The connection actor: one per WebSocket, the thin adapter around two sans-I/O cores.
 
-Its mailbox is the state machine's bounded outbox; its one task is the writer draining it.
-The router puts events in (never blocking: a full outbox is a slow consumer, closed with 4008),
-the reader loop feeds client frames to the state machine and performs the replies.
+``ConnectionState`` decides what to say (replies, events, closes); ``FrameReader`` turns bytes
+into client frames. This class is the ``asyncio.Protocol`` the transport calls once the
+upgrade is done (`sn.api.ws` hands the socket over from Sanic's HTTP protocol), so an idle
+socket costs a transport and a few small objects: no task, no event, no per-socket timer.
+
+- Deliveries come from the router synchronously. When the socket can take them they are
+  written at once (the fan-out case: one prebuilt frame per event, see ``wire_frame``); while
+  the transport has paused writing they wait in the state's bounded outbox, and a full outbox
+  closes the connection as a slow consumer (4008).
+- Client frames are taken one at a time and stop being taken while writing is paused, so a
+  client that sends without reading cannot make replies pile up here.
+- Closing follows RFC 6455: a close frame, then the peer's answer or a timer that aborts.
+- Keepalive pings come from one sweep per worker (``Hub.keepalive_loop``) calling ``keepalive``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sn.actors.actions import Action, Close, SendText
 from sn.actors.connection import ConnectionState
 from sn.actors.encoding import PayloadCache
 from sn.actors.history import Resync
 from sn.actors.messages import Event
+from sn.websocket.frames import (
+    CLOSE_NO_STATUS,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    CloseFrame,
+    Failure,
+    FrameReader,
+    Message,
+    PingFrame,
+    close_frame,
+    encode_frame,
+    wire_frame,
+)
 
 if TYPE_CHECKING:
     from sn.actors.hub import Hub
 
 log = logging.getLogger("sn.actors.socket")
 
-
-class WebSocket(Protocol):
-    """What we use of Sanic's websocket (kept narrow so the adapter is testable with a real one)."""
-
-    async def send(self, data: str | bytes) -> None: ...
-    async def recv(self, timeout: float | None = None) -> str | bytes | None: ...
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-    def fail_connection(self, code: int = 1006, reason: str = "") -> bool: ...
+CLOSE_KEEPALIVE_TIMEOUT = 1011  # what websockets uses when a ping goes unanswered
+# How long a closing socket waits for the peer's close frame (or for its buffer to drain)
+# before the connection is dropped.
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
-# Past this many bytes waiting in the kernel-side buffer of our transport, frames go through the
-# writer task, which waits for the socket to drain (Sanic's flow control) instead of piling up.
-_DIRECT_WRITE_LIMIT = 64 * 1024
-
-DirectWrite = Callable[[bytes], bool]
-
-
-def direct_writer(ws: object) -> DirectWrite | None:
-    """A synchronous "write this text frame now" for a Sanic websocket, or None if it has no such path.
-
-    A fan-out delivers one event to thousands of sockets; through ``await ws.send(str)`` each
-    delivery wakes a writer task, decodes the frame to str and has websockets re-encode it. When
-    nothing else is writing on the socket and its buffer is short, the frame goes straight from
-    the router's call to the transport instead (websockets' sans-I/O protocol still frames it, so
-    its state stays right). Anything unusual (a ping or close in progress, a full buffer) answers
-    False and the caller falls back to the writer task.
-    """
-    protocol = getattr(ws, "ws_proto", None)
-    io = getattr(ws, "io_proto", None)
-    mutex = getattr(ws, "conn_mutex", None)
-    if protocol is None or io is None or mutex is None or getattr(protocol, "extensions", None):
-        return None  # (a compression extension would make each socket's frame its own)
-    from websockets.protocol import State
-
-    def write(frame: bytes) -> bool:
-        transport = io.transport
-        if (
-            mutex.locked()
-            or protocol.state is not State.OPEN
-            or protocol.expect_continuation_frame
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > _DIRECT_WRITE_LIMIT
-        ):
-            return False
-        transport.write(wire_frame(frame))
-        return True
-
-    return write
-
-
-_last_frame: tuple[bytes, bytes] = (b"", b"\x81\x00")
-
-
-def wire_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it.
-
-    A fan-out hands the same payload object to every recipient (PayloadCache), so the last one
-    built is kept: the frame is assembled once per event, not once per socket, as
-    ``websockets.broadcast`` does.
-    """
-    global _last_frame
-    if payload is _last_frame[0]:
-        return _last_frame[1]
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x81, length))
-    elif length < 1 << 16:
-        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
-    framed = header + payload
-    _last_frame = (payload, framed)
-    return framed
-
-
-class SocketActor:
+class SocketActor(asyncio.Protocol):
     __slots__ = (
-        "_backlog",
-        "_direct",
+        "_abort_timer",
+        "_close_sent",
         "_held",
         "_held_dropped",
-        "_sending",
-        "_wake",
-        "_writer",
+        "_paused",
+        "_reader",
         "hub",
+        "last_heard",
+        "ping_sent_at",
         "state",
+        "transport",
         "user_id",
-        "ws",
     )
 
     def __init__(
-        self, ws: WebSocket, user_id: int, state: ConnectionState, hub: Hub, direct: DirectWrite | None = None
+        self,
+        transport: asyncio.Transport,
+        user_id: int,
+        state: ConnectionState,
+        hub: Hub,
+        *,
+        max_message_bytes: int,
     ) -> None:
-        self.ws = ws
+        self.transport = transport
         self.user_id = user_id
         self.state = state
         self.hub = hub
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._direct = direct
-        self._sending = False  # the writer task is between frames: direct writes would reorder
-        self._backlog: list[bytes] = []  # frames drained for a direct write that must wait
+        self._reader = FrameReader(max_message_bytes)
+        self._paused = False  # the transport's buffer is over its high-water mark
+        self._close_sent = False
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self.last_heard = time.monotonic()
+        self.ping_sent_at = 0.0  # 0: no keepalive ping outstanding
         # Live events that arrive while the replay is being read are held, then delivered
         # after it: delivered first, they would advance the cursor past the replayed ones.
         self._held: list[tuple[Event, PayloadCache]] | None = None
         self._held_dropped = False  # more arrived than the outbox holds: the client gets a resync
+
+    # -- transport callbacks ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        self.ping_sent_at = 0.0  # any frame proves the peer alive, not only a pong
+        self._reader.feed(data)
+        self._take_frames()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself; connection_lost does the bookkeeping
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._flush()
+        self._take_frames()
+        if not self._paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        self.state.close(1006, "connection lost")
+        self.hub.remove(self)
+
+    # -- client frames ------------------------------------------------------------------------
+
+    def _take_frames(self) -> None:
+        reader = self._reader
+        while not self._paused:
+            item = reader.next()
+            if item is None:
+                return
+            if isinstance(item, Message):
+                self._perform(self.state.received_text(item.data))
+            elif isinstance(item, PingFrame):
+                if not self._close_sent:
+                    self.transport.write(encode_frame(OP_PONG, item.payload))
+            elif isinstance(item, CloseFrame):
+                self._peer_closed(item)
+                return
+            elif isinstance(item, Failure):
+                self.fail(item.code, item.reason)
+                return
+            # PongFrame: data_received already recorded that the peer is alive.
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendText):
+                self.transport.write(encode_frame(OP_TEXT, action.payload))
+            else:
+                self._closing([action])
+
+    # -- deliveries -----------------------------------------------------------------------------
 
     def deliver(self, event: Event, payloads: PayloadCache) -> None:
         """Called by the router; never awaits, so one slow socket cannot hold up the others."""
@@ -143,32 +164,28 @@ class SocketActor:
         actions = self.state.deliver(event, payloads)
         if actions:
             self._closing(actions)
-        elif self.state.pending:
-            if self._direct is None or self._sending or self._wake.is_set() or self._writer is None:
-                self._wake.set()
-            else:
-                self._write_now()
+        elif not self._paused:
+            self._flush()
 
-    def _write_now(self) -> None:
-        assert self._direct is not None
-        frames = self.state.frames_to_send(64)
-        for index, frame in enumerate(frames):
-            if not self._direct(frame):
-                self._backlog = frames[index:]
-                self._wake.set()
-                return
-            self._sent()
-        if self.state.pending:
-            self._wake.set()
-
-    def _sent(self) -> None:
-        self.hub.delivered += 1  # the Prometheus counter follows once a second (Hub.presence_loop)
+    def _flush(self) -> None:
+        frames = self.state.frames_to_send()
+        if not frames or self._close_sent:
+            return
+        write = self.transport.write
+        for frame in frames:
+            write(wire_frame(frame))
+        self.hub.delivered += len(frames)  # the Prometheus counter follows once a second
 
     def replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
         actions = self.state.replay(since, missed, PayloadCache())
         if actions:
             self._closing(actions)
-        self._wake.set()
+        elif not self._paused:
+            self._flush()
+
+    def hold_live_events(self) -> None:
+        """From now until ``finish_replay``, live events wait behind the replay."""
+        self._held = []
 
     def finish_replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
         """Queue the replay, then the live events held while it was read; if some of those had
@@ -182,6 +199,8 @@ class SocketActor:
         for event, payloads in held:
             self.deliver(event, payloads)
 
+    # -- closing ----------------------------------------------------------------------------------
+
     def shutdown(self, code: int, reason: str) -> None:
         self._closing(self.state.close(code, reason))
 
@@ -190,53 +209,56 @@ class SocketActor:
             if isinstance(action, Close):
                 if self.state.slow_consumer:
                     self.hub.slow_consumer_closed()
-                # Synchronous: sends the close frame and drops the connection even if the
-                # client stopped reading (an awaited close could wait forever on its buffer).
-                self.ws.fail_connection(action.code, action.reason)
-        self._wake.set()
+                self._send_close(action.code, action.reason)
 
-    async def _perform(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, SendText):
-                await self.ws.send(action.payload.decode())
-            else:
-                self._closing([action])
+    def _send_close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the peer's close frame (or the timer) ends it."""
+        if self._close_sent or self.transport.is_closing():
+            return
+        self._close_sent = True
+        self.transport.write(close_frame(code, reason))
+        self._arm_abort()
+        if self._paused:
+            # The peer is not reading: its answer will not come before the timer, and frames
+            # it sends meanwhile are of no use.
+            self.transport.close()
 
-    async def _write_loop(self) -> None:
-        while not self.state.closed:
-            await self._wake.wait()
-            self._wake.clear()
-            self._sending = True
-            try:
-                frames, self._backlog = self._backlog + self.state.frames_to_send(64), []
-                for frame in frames:
-                    await self.ws.send(frame.decode())
-                    self._sent()
-            finally:
-                self._sending = False
-            if self.state.pending:
-                self._wake.set()
+    def _peer_closed(self, frame: CloseFrame) -> None:
+        self.state.close(1000, "closed by the client")
+        if not self._close_sent:
+            self._close_sent = True
+            # Echo the code (RFC 6455 5.5.1); a close without one is answered without one.
+            payload = b"" if frame.code == CLOSE_NO_STATUS else frame.code.to_bytes(2, "big")
+            self.transport.write(encode_frame(0x8, payload))
+        # The server closes the TCP connection first (RFC 6455 7.1.1).
+        self.transport.close()
+        self._arm_abort()
 
-    async def run(self, *, since: int | None, now: float) -> None:
-        await self._perform(self.state.welcome(now))
-        if since is not None:
-            self._held = []
-        self.hub.add(self)
-        try:
-            # Present before the log is read: an event routed from now on reaches this socket
-            # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
-            await self.hub.announce(self.user_id)
-            if since is not None:
-                self.finish_replay(since, await self.hub.missed_events(self.user_id, since))
-            self._writer = asyncio.create_task(self._write_loop())
-            while not self.state.closed:
-                message = await self.ws.recv()
-                if message is None:  # closed by the peer
-                    break
-                await self._perform(self.state.received_text(message))
-        finally:
-            self.hub.remove(self)
-            if self._writer is not None:
-                self._writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._writer
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): a close frame if possible, then drop it."""
+        self.state.close(code, reason)
+        if not self._close_sent and not self.transport.is_closing():
+            self._close_sent = True
+            self.transport.write(close_frame(code, reason))
+        self.transport.close()
+        self._arm_abort()
+
+    def _arm_abort(self) -> None:
+        # transport.close() waits for the write buffer to drain, which a peer that stopped
+        # reading never lets happen: bound it.
+        if self._abort_timer is None:
+            loop = asyncio.get_running_loop()
+            self._abort_timer = loop.call_later(CLOSE_TIMEOUT_SECONDS, self.transport.abort)
+
+    # -- keepalive --------------------------------------------------------------------------------
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """Called by the hub's sweep (``now`` from time.monotonic): ping a quiet peer, drop a dead one."""
+        if self._close_sent or self.transport.is_closing():
+            return
+        if self.ping_sent_at:
+            if now - self.ping_sent_at >= timeout:
+                self.fail(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
+        elif now - self.last_heard >= interval:
+            self.ping_sent_at = now
+            self.transport.write(encode_frame(OP_PING, b""))

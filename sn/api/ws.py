@@ -6,22 +6,29 @@ a bad token gets a plain 401/403 response instead of an accepted socket that is 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from sanic import Blueprint, Request
-from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from sn.actors.connection import ConnectionState, ConnectionStats
+from sn.actors.actions import Action, SendText
+from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
 from sn.actors.encoding import Dialect
-from sn.actors.socket import SocketActor, direct_writer
+from sn.actors.hub import Hub
+from sn.actors.socket import SocketActor
 from sn.api.common import path_id, services
 from sn.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
+from sn.websocket import handshake
+from sn.websocket.frames import OP_TEXT, encode_frame
+
+log = logging.getLogger("sn.api.ws")
 
 bp = Blueprint("ws")
 
 OUTBOX_CAPACITY = 256
 MAX_FRAME_BYTES = 64 * 1024
+CLOSE_INTERNAL_ERROR = 1011
 
 
 def _token(request: Request) -> str:
@@ -58,10 +65,79 @@ def _since(raw: str | None) -> int | None:
     return int(raw)
 
 
-async def _serve(request: Request, ws: WebsocketImplProtocol, dialect: Dialect) -> None:
+async def _serve(request: Request, dialect: Dialect) -> None:
+    """Answer the upgrade, then hand the socket from Sanic's HTTP protocol to a SocketActor.
+
+    From here on the connection is ours: Sanic's protocol object, its request and its task
+    are released, so an idle socket costs only the transport and the actor (see
+    ``sn.actors.socket``). The handler stays for the asynchronous setup only (presence, replay).
+    """
+    response = handshake.accept(request.headers)
     app = services(request)
     hub = app.hub
+    http: Any = request.transport.get_protocol()  # Sanic's HttpProtocol (its attributes are untyped)
+    transport = http.transport
+    if transport is None or transport.is_closing():
+        return  # the client left during authentication
+    state = ConnectionState(
+        dialect=dialect,
+        max_frame_bytes=MAX_FRAME_BYTES,
+        outbox_capacity=OUTBOX_CAPACITY,
+        stats_provider=_stats_provider(hub),
+    )
+    actor = SocketActor(transport, request.ctx.ws_user, state, hub, max_message_bytes=MAX_FRAME_BYTES)
+    # The 101 and the welcome frame in one write: one syscall and one packet per handshake.
+    welcome = b"".join(encode_frame(OP_TEXT, action.payload) for action in _replies(state.welcome(time.time())))
+    transport.write(response + welcome)
+    _take_over(request, http, actor)
+    since = request.ctx.ws_since
+    if since is not None:
+        actor.hold_live_events()
+    hub.add(actor)
+    _log_upgrade(request)
+    try:
+        # Present before the log is read: an event routed from now on reaches this socket
+        # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
+        await hub.announce(actor.user_id)
+        if since is not None:
+            actor.finish_replay(since, await hub.missed_events(actor.user_id, since))
+    except Exception:
+        # Without presence (or its replay) the socket would stay open and silently miss
+        # events: tell the client to come back instead.
+        log.exception("websocket setup failed for user %s", actor.user_id)
+        actor.shutdown(CLOSE_INTERNAL_ERROR, "server error during connection setup; reconnect")
 
+
+def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
+    transport = http.transport
+    leftover = bytes(http.recv_buffer)  # frames the client sent right behind its request
+    http.recv_buffer.clear()
+    transport.set_protocol(actor)
+    # Sanic must neither close this transport when its connection task ends nor count it
+    # among the connections its shutdown waits for; the hub does both for WebSockets.
+    http.connections.discard(http)
+    http.transport = None
+    stream: Any = request.stream
+    stream.upgrade_websocket = True  # tells Sanic's Http that no response is right for this request
+    transport.resume_reading()
+    if leftover:
+        actor.data_received(leftover)
+
+
+def _replies(actions: list[Action]) -> list[SendText]:
+    return [action for action in actions if isinstance(action, SendText)]
+
+
+def _log_upgrade(request: Request) -> None:
+    if request.app.ctx.settings.access_log:
+        started = getattr(request.ctx, "started", None)
+        duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+        request.app.ctx.access_log.record(
+            request.method, request.path, 101, duration_ms, str(request.id), request.remote_addr or request.ip
+        )
+
+
+def _stats_provider(hub: Hub) -> StatsProvider:
     def stats(connection: ConnectionStats) -> dict[str, Any]:
         return {
             "connection": {
@@ -75,18 +151,20 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, dialect: Dialect) 
             "cluster": hub.cluster,
         }
 
-    state = ConnectionState(
-        dialect=dialect, max_frame_bytes=MAX_FRAME_BYTES, outbox_capacity=OUTBOX_CAPACITY, stats_provider=stats
-    )
-    actor = SocketActor(ws, request.ctx.ws_user, state, hub, direct=direct_writer(ws))
-    await actor.run(since=request.ctx.ws_since, now=time.time())
+    return stats
 
 
-@bp.websocket("/ws/<user_id:str>", ctx_ws_dialect=Dialect.SEED)  # type: ignore[untyped-decorator]
-async def seed_socket(request: Request, ws: WebsocketImplProtocol, user_id: str) -> None:
-    await _serve(request, ws, Dialect.SEED)
+# Plain GET routes, not Sanic's @websocket: the upgrade is ours (sn.websocket.handshake), and
+# ``is_websocket`` tells Sanic that returning no response is intended.
+@bp.get("/ws/<user_id:str>", ctx_ws_dialect=Dialect.SEED)
+async def seed_socket(request: Request, user_id: str) -> None:
+    await _serve(request, Dialect.SEED)
 
 
-@bp.websocket("/post/feed/posted", ctx_ws_dialect=Dialect.OTUS)  # type: ignore[untyped-decorator]
-async def otus_socket(request: Request, ws: WebsocketImplProtocol) -> None:
-    await _serve(request, ws, Dialect.OTUS)
+@bp.get("/post/feed/posted", ctx_ws_dialect=Dialect.OTUS)
+async def otus_socket(request: Request) -> None:
+    await _serve(request, Dialect.OTUS)
+
+
+for _handler in (seed_socket, otus_socket):
+    _handler.is_websocket = True  # type: ignore[attr-defined]

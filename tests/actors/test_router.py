@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 
 from redis.asyncio import Redis
 
 from sn.actors.encoding import PayloadCache
-from sn.actors.hub import Hub
 from sn.actors.messages import Event, event_to_json
 from sn.actors.router import GROUP, StreamRouter
-from sn.storage.eventlog import EventLog
-from sn.storage.presence import Presence
 from sn.storage.redis_mux import MuxRedis
+from tests.actors.hubs import make_hub
 
 
 class Recorder:
@@ -27,20 +24,6 @@ class Recorder:
 
     def deliver(self, event: Event, payloads: PayloadCache) -> None:
         self.events.append(event)
-
-
-def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
-    async def following(user_id: int) -> list[int]:
-        return []
-
-    return Hub(
-        aredis,
-        Presence(amux),
-        EventLog(aredis),
-        node_id="test",
-        worker_name=uuid.uuid4().hex[:8],
-        following=following,
-    )
 
 
 def entry(event_id: int, recipients: str) -> dict[str, bytes | str | int]:

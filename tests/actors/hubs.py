@@ -1,0 +1,26 @@
+"""A real Hub on the test Redis, with a private worker name so tests never share a stream."""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.asyncio import Redis
+
+from sn.actors.hub import Hub
+from sn.storage.eventlog import EventLog
+from sn.storage.presence import Presence
+from sn.storage.redis_mux import MuxRedis
+
+
+def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
+    async def following(user_id: int) -> list[int]:
+        return []
+
+    return Hub(
+        aredis,
+        Presence(amux),
+        EventLog(aredis),
+        node_id="test",
+        worker_name=uuid.uuid4().hex[:8],
+        following=following,
+    )
