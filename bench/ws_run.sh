@@ -28,6 +28,7 @@
 #                            (a steady ramp-up; the reconnect storms open everything at once)
 #   WSBENCH_SCENARIOS        default "echo broadcast sn"; WSBENCH_SN_STEPS default
 #                            "memory,fanout,storm,isolation"
+#   WSBENCH_POSTS            fan-out rounds, default 5 (the first on cold caches)
 #   WSBENCH_KEEP_DB=1        keep the database; WSBENCH_SKIP_SEED=1 reuses a kept one
 #   Any SN_* setting is passed through to the sn server (e.g. SN_ACCESS_LOG=false).
 set -euo pipefail
@@ -198,7 +199,7 @@ if [[ " $SCENARIOS " == *" sn "* ]]; then
     SERVER_PID=$!
     wait_log "$OUT/sn-server.log" "worker ready" 2 60
     "${LOAD[@]}" sn --port "$PORT" --log "$OUT/sn-server.log" --db "$DATABASE_URL" --secret "$SECRET" \
-        --steps "$SN_STEPS" "${COMMON[@]}" --out "$OUT/sn.json" | tee "$OUT/sn.txt"
+        --steps "$SN_STEPS" --posts "${WSBENCH_POSTS:-5}" "${COMMON[@]}" --out "$OUT/sn.json" | tee "$OUT/sn.txt"
     stop_server
 fi
 

@@ -104,7 +104,7 @@ class Services:
         posts = PostRepository(pool, outbox, reads=shard_reads)
         friends = FriendRepository(pool, outbox)
         post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds, reads=mux)
-        feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds)
+        feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, mux=mux)
         author_posts = FeedCache(
             redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, prefix="sn:authorposts:"
         )
@@ -131,7 +131,7 @@ class Services:
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
         presence = Presence(mux)
-        eventlog = EventLog(redis, reads=mux)
+        eventlog = EventLog(redis, mux=mux)
         hub = Hub(redis, presence, eventlog, node_id=node_id, worker_name=worker_name, following=social.following)
         services = cls(
             settings=settings,

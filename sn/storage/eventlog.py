@@ -23,7 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sn.storage.presence import presence_key
-from sn.storage.redis_mux import MuxRedis
+from sn.storage.redis_mux import Arg, MuxRedis
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
@@ -85,16 +85,18 @@ class EventLog:
         log_maxlen: int = 100_000,
         stream_maxlen: int = 10_000,
         max_age_seconds: float = 600,
-        reads: MuxRedis | None = None,
+        mux: MuxRedis | None = None,
     ) -> None:
         self._redis = redis
-        # Replays run once per reconnecting socket: on the multiplexed client when there is one.
-        self._reads = reads
+        # Replays (once per reconnecting socket) and fan-out routing (all chunks in one write)
+        # use the multiplexed client when there is one.
+        self._mux = mux
         self._log_maxlen = log_maxlen
         self._stream_maxlen = stream_maxlen
         self._max_age_ms = int(max_age_seconds * 1000)
         self._route = redis.register_script(_ROUTE)
         self._route_followers = redis.register_script(_ROUTE_FOLLOWERS)
+        self._route_followers_batch = mux.script(_ROUTE_FOLLOWERS) if mux is not None else None
 
     async def route(self, body: bytes, author_id: int, deliveries: Mapping[str, Sequence[int]]) -> int:
         streams = list(deliveries)
@@ -111,24 +113,19 @@ class EventLog:
     async def route_to_followers(self, body: bytes, author_id: int, followers: Sequence[int]) -> tuple[int, int]:
         """Log the event and deliver it to the online ones among `followers` in one atomic step
         per chunk; returns (last event id, sockets' users reached)."""
-        event_id, reached = 0, 0
         now = time.time()
+        calls: list[tuple[list[str], list[Arg]]] = []
         # Chunked so one script never blocks Redis for long; an empty list still logs the event.
         for start in range(0, max(len(followers), 1), self.ROUTE_CHUNK):
             chunk = followers[start : start + self.ROUTE_CHUNK]
-            args: list[bytes | str | int | float] = [
-                body,
-                author_id,
-                int(now * 1000),
-                self._log_maxlen,
-                self._stream_maxlen,
-                now,
-                *chunk,
-            ]
-            keys = [LOG_KEY, COUNTER_KEY, *(presence_key(f) for f in chunk)]
-            result = await self._route_followers(keys=keys, args=args)
-            event_id, reached = int(result[0]), reached + int(result[1])
-        return event_id, reached
+            args: list[Arg] = [body, author_id, int(now * 1000), self._log_maxlen, self._stream_maxlen, now, *chunk]
+            calls.append(([LOG_KEY, COUNTER_KEY, *(presence_key(f) for f in chunk)], args))
+        if self._mux is not None and self._route_followers_batch is not None:
+            script = self._route_followers_batch
+            results = await self._mux.run_scripts([script.call(keys, args) for keys, args in calls])
+        else:
+            results = [await self._route_followers(keys=keys, args=args) for keys, args in calls]
+        return int(results[-1][0]), sum(int(result[1]) for result in results)
 
     async def replay(
         self, since: int, authors: Collection[int] | Callable[[], Awaitable[Collection[int]]], *, limit: int
@@ -161,14 +158,14 @@ class EventLog:
         return Replay(events, gap=False, oldest_available=oldest)
 
     async def _get(self, key: str) -> bytes | None:
-        if self._reads is not None:
-            return await self._reads.get(key)
+        if self._mux is not None:
+            return await self._mux.get(key)
         value = await self._redis.get(key)
         return value if isinstance(value, bytes) else None
 
     async def _xrange(self, low: str, high: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        if self._reads is None:
+        if self._mux is None:
             entries: Any = await self._redis.xrange(LOG_KEY, min=low, max=high, count=count)
             return list(entries)
-        raw = await self._reads.execute("XRANGE", LOG_KEY, low, high, "COUNT", count)
+        raw = await self._mux.execute("XRANGE", LOG_KEY, low, high, "COUNT", count)
         return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in raw]

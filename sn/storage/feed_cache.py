@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from sn.storage.redis_mux import Arg, MuxRedis
+
 COMPLETE = "0000000000000000000"
 BUILDING = "0000000000000000001"
 PARTIAL = "0000000000000000002"
@@ -132,7 +134,9 @@ class FeedCache:
     # amortise round trips, small enough that one call never blocks Redis for long.
     CHUNK = 500
 
-    def __init__(self, redis: Redis, *, size: int, ttl_seconds: int, prefix: str = "sn:feed:") -> None:
+    def __init__(
+        self, redis: Redis, *, size: int, ttl_seconds: int, prefix: str = "sn:feed:", mux: MuxRedis | None = None
+    ) -> None:
         # The same structure also caches each author's own newest posts (prefix
         # "sn:authorposts:"), which feed reads merge in for celebrities.
         self._prefix = prefix
@@ -142,6 +146,10 @@ class FeedCache:
         self._add = redis.register_script(_ADD)
         self._remove = redis.register_script(_REMOVE)
         self._commit = redis.register_script(_COMMIT)
+        # A fan-out's chunks go out in one write on the multiplexed client when there is one.
+        self._mux = mux
+        self._add_batch = mux.script(_ADD) if mux is not None else None
+        self._remove_batch = mux.script(_REMOVE) if mux is not None else None
 
     @property
     def prefix(self) -> str:
@@ -190,20 +198,24 @@ class FeedCache:
 
     async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:
         """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
-        value = member(post_id, author_id)
-        touched = 0
-        for chunk in _chunks([self.key(r) for r in recipients], self.CHUNK):
-            touched += int(await self._add(keys=chunk, args=[value, str(self._size)]))
-        return touched
+        args: list[Arg] = [member(post_id, author_id), str(self._size)]
+        chunks = list(_chunks([self.key(r) for r in recipients], self.CHUNK))
+        if self._mux is not None and self._add_batch is not None:
+            results = await self._mux.run_scripts([self._add_batch.call(chunk, args) for chunk in chunks])
+        else:
+            results = [await self._add(keys=chunk, args=args) for chunk in chunks]
+        return sum(int(result) for result in results)
 
     async def remove_posts(self, recipients: Iterable[int], posts: Sequence[tuple[int, int]]) -> int:
         if not posts:
             return 0
-        values = [member(p, a) for p, a in posts]
-        removed = 0
-        for chunk in _chunks([self.key(r) for r in recipients], self.CHUNK):
-            removed += int(await self._remove(keys=chunk, args=values))
-        return removed
+        values: list[Arg] = [member(p, a) for p, a in posts]
+        chunks = list(_chunks([self.key(r) for r in recipients], self.CHUNK))
+        if self._mux is not None and self._remove_batch is not None:
+            results = await self._mux.run_scripts([self._remove_batch.call(chunk, values) for chunk in chunks])
+        else:
+            results = [await self._remove(keys=chunk, args=values) for chunk in chunks]
+        return sum(int(result) for result in results)
 
     async def invalidate(self, user_id: int) -> None:
         await self._redis.delete(self.key(user_id), self._token_key(user_id))

@@ -40,8 +40,11 @@ async def test_presence_of_a_dead_worker_expires(aredis: Redis, amux: MuxRedis) 
     assert await aredis.zscore(presence_key(user), "stream:dead") is None  # swept on refresh
 
 
-async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: Redis, amux: MuxRedis) -> None:
-    presence, log = Presence(amux), EventLog(aredis)
+@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
+async def test_route_to_followers_is_logged_and_reaches_online_streams(
+    aredis: Redis, amux: MuxRedis, client: str
+) -> None:
+    presence, log = Presence(amux), EventLog(aredis, mux=amux if client == "multiplexed" else None)
     author, online, offline = next(_ids), next(_ids), next(_ids)
     stream = f"sn:rt:stream:test:{author}"
     await presence.refresh([online], stream)
@@ -53,6 +56,14 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: R
     assert int(fields[b"e"]) == event_id
     assert fields[b"r"] == str(online).encode()
     assert event_from_json(fields[b"b"]).post_id == "1"
+    # Followers beyond one chunk: the chunks' calls go out together and count together.
+    many = [next(_ids) for _ in range(EventLog.ROUTE_CHUNK * 2 + 5)]
+    await presence.refresh(many[:: EventLog.ROUTE_CHUNK], stream)  # one online in each chunk
+    later_id, reached = await log.route_to_followers(body(2, author), author, many)
+    assert reached == 3
+    assert later_id > event_id
+    assert [int(f[b"e"]) for _, f in (await aredis.xrange(stream))[1:]] == [later_id - 2, later_id - 1, later_id]
+    event_id = later_id
     # The event is in the log for whoever reconnects.
     replay = await log.replay(event_id - 1, {author}, limit=10)
     assert not replay.gap
@@ -62,7 +73,7 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(aredis: R
 @pytest.fixture(params=["redis-py", "multiplexed"])
 def replay_log(request: pytest.FixtureRequest, aredis: Redis, amux: MuxRedis) -> EventLog:
     """An EventLog reading replays through redis-py or through the multiplexed client (the server's)."""
-    return EventLog(aredis, reads=amux if request.param == "multiplexed" else None)
+    return EventLog(aredis, mux=amux if request.param == "multiplexed" else None)
 
 
 async def test_replay_filters_by_author_and_detects_gaps(replay_log: EventLog) -> None:

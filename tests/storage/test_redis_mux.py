@@ -74,6 +74,20 @@ async def test_script_is_loaded_after_redis_forgot_it(amux: MuxRedis, aredis: Re
     assert await script(keys=["k"], args=["b"]) == [b"k", b"b"]
 
 
+async def test_batched_script_calls_run_in_order_and_survive_a_flushed_cache(amux: MuxRedis, aredis: Redis) -> None:
+    key = f"test:batch:{uuid.uuid4().hex}"
+    append = amux.script("redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])")
+    length = amux.script("return redis.call('LLEN', KEYS[1])")
+    calls = [append.call([key], [str(i)]) for i in range(50)] + [length.call([key], [])]
+    assert await amux.run_scripts(calls) == [*range(1, 51), 50]
+    await aredis.script_flush()  # both scripts forgotten: loaded again, the calls still run in order
+    assert await amux.run_scripts(calls) == [*range(51, 101), 100]
+    assert await aredis.lrange(key, 0, 3) == [b"0", b"1", b"2", b"3"]
+    assert await aredis.lrange(key, 50, 52) == [b"0", b"1", b"2"]
+    await aredis.delete(key)
+    assert await amux.run_scripts([]) == []
+
+
 async def test_script_error_is_raised(amux: MuxRedis) -> None:
     script = amux.script("return redis.error_reply('broken on purpose')")
     with pytest.raises(redis.exceptions.ResponseError, match="broken on purpose"):
