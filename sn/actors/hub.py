@@ -77,6 +77,11 @@ class Hub:
         self.slow_consumer_closes = 0
         self.extra_stats: Callable[[], dict[str, Any]] = dict
         self._pending_presence: set[int] = set()
+        # Settled when the pending batch is stored, for handshakes waiting on their announcement;
+        # then the same for the batch being stored right now.
+        self._pending_stored: asyncio.Future[None] | None = None
+        self._storing: set[int] = set()
+        self._storing_done: asyncio.Future[None] | None = None
         # Cluster-wide counts as of the last heartbeat, for a connection's get_stats reply
         # (the state machine asks synchronously, so this cannot be a Redis call).
         self.cluster: dict[str, Any] = {}
@@ -113,9 +118,18 @@ class Hub:
             task.add_done_callback(_ignore_result)
 
     async def announce(self, user_id: int) -> None:
-        """Register presence now (the heartbeat would only get to it within a second)."""
-        if user_id in self._by_user:
-            await self._presence.refresh([user_id], self.stream_key)
+        """Wait until this user's presence is stored (a user already present returns at once).
+
+        Handshakes do not each call Redis: they join the presence loop's next batch, so a
+        reconnect storm of thousands of sockets costs a few calls, not one per socket.
+        """
+        if user_id in self._pending_presence:
+            if self._pending_stored is None:
+                self._pending_stored = _settled_future()
+                self._presence_dirty.set()
+            await asyncio.shield(self._pending_stored)
+        elif user_id in self._storing and self._storing_done is not None:
+            await asyncio.shield(self._storing_done)
 
     def slow_consumer_closed(self) -> None:
         self.slow_consumer_closes += 1
@@ -199,18 +213,35 @@ class Hub:
             self._presence_dirty.clear()
             now = time.monotonic()
             if now >= next_refresh:
-                self._pending_presence.clear()
-                await self._presence.refresh(list(self._by_user), self.stream_key)
+                await self._store_presence(list(self._by_user))
                 next_refresh = now + refresh_every
             elif self._pending_presence:
-                batch, self._pending_presence = self._pending_presence, set()
-                await self._presence.refresh([u for u in batch if u in self._by_user], self.stream_key)
+                await self._store_presence([u for u in self._pending_presence if u in self._by_user])
             if now >= next_stats:
                 # Counted here, not per frame: a multiprocess Prometheus counter is an mmap write.
                 metrics().messages_delivered.inc(self.delivered - self._delivered_counted)
                 self._delivered_counted = self.delivered
                 await self.publish_stats()
                 next_stats = now + STATS_INTERVAL_SECONDS
+
+    async def _store_presence(self, users: list[int]) -> None:
+        """Store presence for ``users``; whoever announced a pending user learns how it went."""
+        self._storing, self._pending_presence = self._pending_presence, set()
+        self._storing_done, self._pending_stored = self._pending_stored, None
+        done = self._storing_done
+        try:
+            await self._presence.refresh(users, self.stream_key)
+        except BaseException as exc:
+            # Still to be stored: the restarted loop tries them again.
+            self._pending_presence |= {user for user in self._storing if user in self._by_user}
+            if done is not None and not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else ConnectionError("presence update cancelled"))
+            raise
+        else:
+            if done is not None and not done.done():
+                done.set_result(None)
+        finally:
+            self._storing, self._storing_done = set(), None
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
@@ -251,6 +282,13 @@ async def cluster_stats(redis: Redis) -> list[WorkerStats]:
         else:
             await redis.hdel(WORKERS_KEY, field)
     return sorted(alive, key=lambda s: s.worker)
+
+
+def _settled_future() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # Handshakes that gave up (their client left) do not await it: a failure is not "never retrieved".
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

@@ -42,7 +42,7 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
 async def test_router_delivers_to_recipients_and_acks(aredis: Redis, amux: MuxRedis) -> None:
     hub = make_hub(aredis, amux)
     alice, bob = Recorder(1), Recorder(2)
-    hub._by_user = {1: {alice}, 2: {bob}}  # type: ignore[dict-item]
+    hub._by_user = {1: [alice], 2: [bob]}  # type: ignore[dict-item]
     router = StreamRouter(aredis, hub)
     task = asyncio.create_task(router.run())
     try:
@@ -64,7 +64,7 @@ async def test_router_delivers_to_recipients_and_acks(aredis: Redis, amux: MuxRe
 async def test_entries_left_by_a_dead_consumer_are_claimed(aredis: Redis, amux: MuxRedis) -> None:
     hub = make_hub(aredis, amux)
     carol = Recorder(3)
-    hub._by_user = {3: {carol}}  # type: ignore[dict-item]
+    hub._by_user = {3: [carol]}  # type: ignore[dict-item]
     await aredis.xgroup_create(hub.stream_key, GROUP, id="$", mkstream=True)
     await aredis.xadd(hub.stream_key, entry(11, "3"))
     # A previous incarnation read it and died before acknowledging.

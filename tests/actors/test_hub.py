@@ -1,0 +1,89 @@
+"""The hub's presence announcements against a real Redis: handshakes share batches, and a
+failure to store presence reaches the handshakes that waited for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+
+from sn.actors.hub import Hub
+from sn.storage.eventlog import EventLog
+from sn.storage.presence import Presence
+from sn.storage.redis_mux import MuxRedis
+
+
+class CountingPresence(Presence):
+    """The real presence registry, counting how many times it is written."""
+
+    writes = 0
+
+    async def refresh(self, user_ids: Sequence[int], stream: str) -> None:
+        self.writes += 1
+        await super().refresh(user_ids, stream)
+
+
+class Socket:
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+
+
+def make_hub(aredis: Redis, presence: Presence) -> Hub:
+    async def following(user_id: int) -> list[int]:
+        return []
+
+    return Hub(
+        aredis, presence, EventLog(aredis), node_id="test", worker_name=uuid.uuid4().hex[:8], following=following
+    )
+
+
+async def _running(hub: Hub) -> asyncio.Task[None]:
+    task = asyncio.create_task(hub.presence_loop())
+    await asyncio.sleep(0.05)  # past its first full refresh
+    return task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, redis.exceptions.ConnectionError):
+        await task
+
+
+async def test_a_burst_of_handshakes_shares_a_few_presence_writes(aredis: Redis, amux: MuxRedis) -> None:
+    presence = CountingPresence(amux)
+    hub = make_hub(aredis, presence)
+    task = await _running(hub)
+    try:
+        before = presence.writes
+        users = list(range(7_000_000, 7_000_300))
+        for user in users:
+            hub.add(Socket(user))  # type: ignore[arg-type]
+        await asyncio.wait_for(asyncio.gather(*(hub.announce(user) for user in users)), 5)
+        assert await presence.locate(users) == {hub.stream_key: users}
+        assert presence.writes - before <= 2  # not 300
+        # A second tab of a present user has nothing to wait for.
+        hub.add(Socket(users[0]))  # type: ignore[arg-type]
+        await asyncio.wait_for(hub.announce(users[0]), 0.05)
+    finally:
+        await _stop(task)
+
+
+async def test_a_failed_presence_write_fails_the_waiting_handshakes(aredis: Redis) -> None:
+    unreachable = MuxRedis("redis://127.0.0.1:1/0", connect_timeout=0.5)
+    hub = make_hub(aredis, Presence(unreachable))
+    hub.add(Socket(42))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(hub.announce(42))
+    await asyncio.sleep(0)
+    task = asyncio.create_task(hub.presence_loop())
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await asyncio.wait_for(waiting, 5)
+        assert 42 in hub._pending_presence  # kept for the loop's next attempt
+    finally:
+        await _stop(task)
+        await unreachable.aclose()
