@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -188,16 +189,19 @@ class Hub:
         """One sweep a second over this worker's sockets instead of a sleeping task per socket.
 
         Each socket is pinged once it has been quiet for ``interval`` and dropped if nothing
-        comes back within ``timeout``. The sweep yields every few hundred sockets, so sockets
-        that connected together (and so fall due together) never hold the loop for long.
+        comes back within ``timeout``. Sockets that connected together fall due together, and
+        their pongs would then arrive together and hold the loop: each sweep pings at most its
+        share of the sockets (all of them over half an interval), and yields between slices.
         """
         while True:
             await asyncio.sleep(KEEPALIVE_SWEEP_SECONDS)
             sockets = self.all_sockets()
+            budget = max(KEEPALIVE_SLICE, math.ceil(len(sockets) * KEEPALIVE_SWEEP_SECONDS / (interval / 2)))
             for start in range(0, len(sockets), KEEPALIVE_SLICE):
                 now = time.monotonic()
                 for actor in sockets[start : start + KEEPALIVE_SLICE]:
-                    actor.keepalive(now, interval, timeout)
+                    if actor.keepalive(now, interval, timeout, may_ping=budget > 0):
+                        budget -= 1
                 await asyncio.sleep(0)
 
     # -- heartbeats --------------------------------------------------------------------------

@@ -252,13 +252,16 @@ class SocketActor(asyncio.Protocol):
 
     # -- keepalive --------------------------------------------------------------------------------
 
-    def keepalive(self, now: float, interval: float, timeout: float) -> None:
-        """Called by the hub's sweep (``now`` from time.monotonic): ping a quiet peer, drop a dead one."""
+    def keepalive(self, now: float, interval: float, timeout: float, *, may_ping: bool = True) -> bool:
+        """Called by the hub's sweep (``now`` from time.monotonic): ping a quiet peer, drop a dead
+        one. Returns whether it pinged; ``may_ping`` False (the sweep's budget is spent) defers it."""
         if self._close_sent or self.transport.is_closing():
-            return
+            return False
         if self.ping_sent_at:
             if now - self.ping_sent_at >= timeout:
                 self.fail(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
-        elif now - self.last_heard >= interval:
+        elif may_ping and now - self.last_heard >= interval:
             self.ping_sent_at = now
             self.transport.write(encode_frame(OP_PING, b""))
+            return True
+        return False

@@ -216,8 +216,10 @@ async def test_keepalive_pings_a_quiet_peer_and_drops_a_dead_one(connect: Callab
     live, live_peer = await connect()  # type: ignore[misc]
     dead, dead_peer = await connect()  # type: ignore[misc]
     later = time.monotonic() + 21
+    assert not live.keepalive(later, 20, 20, may_ping=False)  # the sweep's ping budget is spent: later
+    assert not live.keepalive(time.monotonic(), 20, 20)  # heard from recently: nothing to do
     for actor in (live, dead):
-        actor.keepalive(later, 20, 20)
+        assert actor.keepalive(later, 20, 20)
     (ping,) = await live_peer.frames(1)
     assert ping.opcode is Opcode.PING
     await live_peer.flush()  # websockets queued the pong
@@ -225,7 +227,7 @@ async def test_keepalive_pings_a_quiet_peer_and_drops_a_dead_one(connect: Callab
     assert dead_ping.opcode is Opcode.PING  # read, but never answered
     await asyncio.sleep(0.05)
     for actor in (live, dead):
-        actor.keepalive(later + 21, 20, 20)
+        actor.keepalive(later + 21, 20, 20, may_ping=False)  # a dead peer is dropped whatever the budget
     await dead_peer.until_eof()
     assert dead_peer.protocol.close_rcvd is not None
     assert dead_peer.protocol.close_rcvd.code == CLOSE_KEEPALIVE_TIMEOUT
