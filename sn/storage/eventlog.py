@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from sn.storage.log_tail import LogEntry, LogTail
 from sn.storage.presence import presence_key
 from sn.storage.redis_mux import Arg, MuxRedis
 
@@ -94,6 +95,8 @@ class EventLog:
         self._log_maxlen = log_maxlen
         self._stream_maxlen = stream_maxlen
         self._max_age_ms = int(max_age_seconds * 1000)
+        # Replays read the log through this worker's copy of its tail (see log_tail).
+        self._tail = LogTail(self._read_log, max_age_ms=self._max_age_ms)
         self._route = redis.register_script(_ROUTE)
         self._route_followers = redis.register_script(_ROUTE_FOLLOWERS)
         self._route_followers_batch = mux.script(_ROUTE_FOLLOWERS) if mux is not None else None
@@ -143,19 +146,27 @@ class EventLog:
             return Replay([], gap=False, oldest_available=oldest)
         if oldest is None or since + 1 < oldest:
             return Replay([], gap=True, oldest_available=oldest)
-        entries = await self._xrange(f"{since + 1}-0", "+", 10_000)
+        entries = await self._tail.after(since, current, now_ms)
+        if entries is None or (entries and now_ms - entries[0].logged_ms > self._max_age_ms):
+            # Too much logged since, or older than the replay window: the client must resync
+            # rather than get a partial replay.
+            return Replay([], gap=True, oldest_available=oldest)
         if callable(authors):
             authors = set(await authors()) if entries else set()
         events: list[tuple[int, bytes]] = []
-        for entry_id, fields in entries:
-            if now_ms - int(fields[b"t"]) > self._max_age_ms:
-                # Older than the replay window: the client must resync rather than get a partial replay.
-                return Replay([], gap=True, oldest_available=oldest)
-            if int(fields[b"a"]) in authors:
-                events.append((int(entry_id.split(b"-")[0]), fields[b"b"]))
+        for entry in entries:
+            if entry.author_id in authors:
+                events.append((entry.event_id, entry.body))
                 if len(events) > limit:
                     return Replay([], gap=True, oldest_available=oldest)
         return Replay(events, gap=False, oldest_available=oldest)
+
+    async def _read_log(self, low: int, high: int | None, count: int) -> list[LogEntry]:
+        entries = await self._xrange(f"{low}-0", "+" if high is None else f"{high}-1", count)
+        return [
+            LogEntry(int(entry_id.split(b"-")[0]), int(fields[b"a"]), int(fields[b"t"]), fields[b"b"])
+            for entry_id, fields in entries
+        ]
 
     async def _get(self, key: str) -> bytes | None:
         if self._mux is not None:
