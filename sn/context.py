@@ -132,7 +132,9 @@ class Services:
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
         presence = Presence(mux)
         eventlog = EventLog(redis, mux=mux)
-        hub = Hub(redis, presence, eventlog, node_id=node_id, worker_name=worker_name, following=social.following)
+        hub = Hub(
+            redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
+        )
         services = cls(
             settings=settings,
             pool=pool,

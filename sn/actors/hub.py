@@ -57,13 +57,13 @@ class Hub:
         *,
         node_id: str,
         worker_name: str,
-        following: Callable[[int], Coroutine[Any, Any, list[int]]],
+        followed_among: Callable[[int, set[int]], Coroutine[Any, Any, set[int]]],
         replay_limit: int = 100,
     ) -> None:
         self._redis = redis
         self._presence = presence
         self._eventlog = eventlog
-        self._following = following
+        self._followed_among = followed_among
         self._replay_limit = replay_limit
         self.node_id = node_id
         self.worker_name = worker_name
@@ -158,8 +158,8 @@ class Hub:
         return count
 
     async def missed_events(self, user_id: int, since: int) -> list[Event] | Resync:
-        async def authors() -> set[int]:
-            return set(await self._following(user_id))
+        async def authors(candidates: set[int]) -> set[int]:
+            return await self._followed_among(user_id, candidates)
 
         replay = await self._eventlog.replay(since, authors, limit=self._replay_limit)
         if replay.gap:

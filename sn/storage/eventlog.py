@@ -131,11 +131,16 @@ class EventLog:
         return int(results[-1][0]), sum(int(result[1]) for result in results)
 
     async def replay(
-        self, since: int, authors: Collection[int] | Callable[[], Awaitable[Collection[int]]], *, limit: int
+        self,
+        since: int,
+        authors: Collection[int] | Callable[[set[int]], Awaitable[Collection[int]]],
+        *,
+        limit: int,
     ) -> Replay:
         """The logged events after `since` by `authors`, or a gap. `authors` may be a coroutine
-        function: it is called only when there are entries to filter, so a client that missed
-        nothing (the common reconnect) costs no follow-list lookup."""
+        function, given the authors of the entries to filter and answering which of them count:
+        it is called only when there are such entries, so a client that missed nothing (the
+        common reconnect) costs no follow lookup, and one that did asks only about those authors."""
         now_ms = int(time.time() * 1000)
         counter, head = await asyncio.gather(self._get(COUNTER_KEY), self._xrange("-", "+", 1))
         current = int(counter or 0)
@@ -152,7 +157,7 @@ class EventLog:
             # rather than get a partial replay.
             return Replay([], gap=True, oldest_available=oldest)
         if callable(authors):
-            authors = set(await authors()) if entries else set()
+            authors = set(await authors({entry.author_id for entry in entries})) if entries else set()
         events: list[tuple[int, bytes]] = []
         for entry in entries:
             if entry.author_id in authors:

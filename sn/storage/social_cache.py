@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +37,26 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local s = redis.call('ZSCORE', KEYS[2], m)
     if s and tonumber(s) >= tonumber(ARGV[1]) then out[#out + 1] = m end
   end
+end
+return out
+"""
+
+
+# KEYS[1] the reader's following set, KEYS[2..] the candidates' follower sets; ARGV[1] the
+# reader, ARGV[2..] the candidates -> the candidates the reader follows, or false when neither
+# the reader's list nor every candidate's is cached. Follower sets of authors who just posted
+# are there (their fan-out cached them), so a reconnect storm's replays rarely reach the database.
+_FOLLOWED_AMONG = """
+local out = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 2, #ARGV do
+    if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then out[#out + 1] = ARGV[i] end
+  end
+  return out
+end
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return false end
+  if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then out[#out + 1] = ARGV[i] end
 end
 return out
 """
@@ -87,6 +107,7 @@ class SocialCache:
         scripts: Redis | MuxRedis = reads if reads is not None else redis
         self._store = _script(scripts, _STORE_IF_CURRENT)
         self._swap = _script(scripts, _SWAP_IF_CURRENT)
+        self._followed_among = _script(scripts, _FOLLOWED_AMONG)
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
@@ -160,6 +181,18 @@ class SocialCache:
     async def following(self, user_id: int) -> list[int]:
         following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))
         return following
+
+    async def followed_among(self, user_id: int, candidates: Collection[int]) -> set[int]:
+        """Which of ``candidates`` the user follows: from whichever cached sets answer it, else
+        from the user's following list (loaded on a miss)."""
+        if not candidates:
+            return set()
+        authors = list(candidates)
+        keys = [_FOLLOWING.format(user_id), *(_FOLLOWERS.format(a) for a in authors)]
+        found = await self._followed_among(keys=keys, args=[user_id, *authors])
+        if found is None:
+            return set(await self.following(user_id)) & set(authors)
+        return {int(member) for member in found}
 
     async def follower_count(self, author_id: int) -> int:
         score = await self._redis.zscore(COUNTS_KEY, str(author_id))

@@ -13,8 +13,8 @@ from sn.storage.redis_mux import MuxRedis
 
 
 def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
-    async def following(user_id: int) -> list[int]:
-        return []
+    async def followed_among(user_id: int, candidates: set[int]) -> set[int]:
+        return set()
 
     return Hub(
         aredis,
@@ -22,5 +22,5 @@ def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
         EventLog(aredis),
         node_id="test",
         worker_name=uuid.uuid4().hex[:8],
-        following=following,
+        followed_among=followed_among,
     )

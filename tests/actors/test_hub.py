@@ -34,11 +34,16 @@ class Socket:
 
 
 def make_hub(aredis: Redis, presence: Presence) -> Hub:
-    async def following(user_id: int) -> list[int]:
-        return []
+    async def followed_among(user_id: int, candidates: set[int]) -> set[int]:
+        return set()
 
     return Hub(
-        aredis, presence, EventLog(aredis), node_id="test", worker_name=uuid.uuid4().hex[:8], following=following
+        aredis,
+        presence,
+        EventLog(aredis),
+        node_id="test",
+        worker_name=uuid.uuid4().hex[:8],
+        followed_among=followed_among,
     )
 
 

@@ -106,7 +106,8 @@ async def test_follow_list_is_looked_up_only_when_there_is_something_to_filter(
     author = next(_ids)
     calls: list[int] = []
 
-    async def authors() -> set[int]:
+    async def authors(candidates: set[int]) -> set[int]:
+        assert candidates == {author}  # asked only about the authors of what was missed
         calls.append(1)
         return {author}
 

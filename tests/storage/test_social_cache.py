@@ -83,3 +83,28 @@ async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
     assert not await aredis.exists(key)  # ... but it was not cached over the newer state
     assert [k async for k in aredis.scan_iter(match=f"{key}:loading:*")] == []
     assert newcomer in await social.followers(author)  # the next read loads the current list
+
+
+@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
+async def test_which_authors_a_reader_follows_comes_from_whichever_cache_answers(
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, client: str
+) -> None:
+    friends = FriendRepository(pool)
+    social = SocialCache(aredis, friends, reads=amux if client == "multiplexed" else None)
+    reader, followed, other = _ids.next_id(), _ids.next_id(), _ids.next_id()
+    await friends.follow(reader, followed)
+    assert await social.followed_among(reader, set()) == set()
+
+    # Both authors' follower lists cached (as their fan-outs leave them): answered from those.
+    await social.followers(followed)
+    await social.followers(other)
+    await pool.execute("DELETE FROM friendships WHERE user_id = $1", reader)  # behind the cache's back
+    assert await social.followed_among(reader, {followed, other}) == {followed}
+    assert await aredis.exists(f"sn:following:{reader}") == 0  # the reader's own list was not needed
+
+    # An author whose list is not cached: the reader's following list is loaded instead.
+    stranger = _ids.next_id()
+    assert await social.followed_among(reader, {followed, stranger}) == set()  # the database's truth now
+    assert await aredis.exists(f"sn:following:{reader}") == 1
+    await friends.follow(reader, stranger)  # (not invalidated here: the cached list answers first)
+    assert await social.followed_among(reader, {followed, other, stranger}) == set()
