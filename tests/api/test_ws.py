@@ -189,6 +189,55 @@ async def test_bad_tokens_are_refused_before_upgrade(
     assert refused.value.response.status_code == status
 
 
+def test_a_plain_get_or_a_broken_handshake_gets_a_4xx_with_a_message(
+    client: httpx.Client, make_user: Callable[..., User]
+) -> None:
+    user = make_user()
+    plain = client.get(f"/ws/{user.id}", headers=user.auth)
+    assert plain.status_code == 426
+    assert "WebSocket" in plain.json()["message"]
+    assert plain.headers["upgrade"] == "websocket"
+    upgrade = {**user.auth, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+    bad_key = client.get(f"/ws/{user.id}", headers={**upgrade, "Sec-WebSocket-Key": "short"})
+    assert bad_key.status_code == 400
+    assert "Sec-WebSocket-Key" in bad_key.json()["message"]
+    old_version = client.get(
+        "/post/feed/posted", headers={**upgrade, "Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "a" * 22 + "=="}
+    )
+    assert old_version.status_code == 426
+    assert old_version.headers["sec-websocket-version"] == "13"
+
+
+async def test_frames_sent_right_behind_the_upgrade_request_are_not_lost(
+    server: ServerProcess, make_user: Callable[..., User]
+) -> None:
+    from websockets.frames import Frame, Opcode
+
+    user = make_user()
+    request = (
+        f"GET /ws/{user.id}?token={user.token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    ping = Frame(Opcode.TEXT, b'{"type":"ping"}').serialize(mask=True, extensions=[])
+    host, port = server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request + ping)  # one packet: the ping arrives with the handshake
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+        kinds = []
+        for _ in range(2):
+            first, length = await asyncio.wait_for(reader.readexactly(2), 5)
+            assert first == 0x81  # a final, unmasked text frame
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            kinds.append(json.loads(await reader.readexactly(length))["type"])
+        assert kinds == ["system", "pong"]
+    finally:
+        writer.close()
+
+
 async def test_otus_endpoint_accepts_bearer_header(
     server: ServerProcess, client: httpx.Client, make_user: Callable[..., User]
 ) -> None:
