@@ -49,6 +49,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("sn.actors.socket")
 
 CLOSE_KEEPALIVE_TIMEOUT = 1011  # what websockets uses when a ping goes unanswered
+CLOSE_POLICY_VIOLATION = 1008
+# Client frames handled per read before the socket yields to the rest of the loop.
+FRAMES_PER_TURN = 64
+# What a client may send per second (a feed client sends a few small frames a minute); more
+# closes the connection with 1008. Above the largest message (64 KiB), so one big message passes.
+MAX_INBOUND_BYTES_PER_SECOND = 256 * 1024
+# Each frame also counts as this many bytes: at most ~1,000 frames a second, however small.
+FRAME_COST_BYTES = 256
 # How long a closing socket waits for the peer's close frame (or for its buffer to drain)
 # before the connection is dropped.
 CLOSE_TIMEOUT_SECONDS = 5.0
@@ -62,6 +70,9 @@ class SocketActor(asyncio.Protocol):
         "_held_dropped",
         "_paused",
         "_reader",
+        "_window_bytes",
+        "_window_start",
+        "_yielding",
         "hub",
         "last_heard",
         "ping_sent_at",
@@ -85,6 +96,9 @@ class SocketActor(asyncio.Protocol):
         self.hub = hub
         self._reader = FrameReader(max_message_bytes)
         self._paused = False  # the transport's buffer is over its high-water mark
+        self._yielding = False  # frames left over for the next loop iteration (FRAMES_PER_TURN)
+        self._window_start = 0.0  # inbound bytes are counted per one-second window
+        self._window_bytes = 0
         self._close_sent = False
         self._abort_timer: asyncio.TimerHandle | None = None
         self.last_heard = time.monotonic()
@@ -97,7 +111,13 @@ class SocketActor(asyncio.Protocol):
     # -- transport callbacks ----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last_heard = time.monotonic()
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_bytes = now, 0
+        self._window_bytes += len(data)
+        if self._over_budget():
+            return
+        self.last_heard = now
         self.ping_sent_at = 0.0  # any frame proves the peer alive, not only a pong
         self._reader.feed(data)
         self._take_frames()
@@ -113,7 +133,7 @@ class SocketActor(asyncio.Protocol):
         self._paused = False
         self._flush()
         self._take_frames()
-        if not self._paused and not self.transport.is_closing():
+        if not self._paused and not self._yielding and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,9 +147,21 @@ class SocketActor(asyncio.Protocol):
 
     def _take_frames(self) -> None:
         reader = self._reader
-        while not self._paused:
+        budget = FRAMES_PER_TURN
+        while not self._paused and not self._yielding:
+            if not budget:
+                # Many frames in one read: the rest wait for the next loop iteration, so other
+                # sockets and tasks get their turn; nothing more is read from this socket meanwhile.
+                self._yielding = True
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                return
+            budget -= 1
             item = reader.next()
             if item is None:
+                return
+            self._window_bytes += FRAME_COST_BYTES
+            if self._over_budget():
                 return
             if isinstance(item, Message):
                 self._perform(self.state.received_text(item.data))
@@ -143,6 +175,22 @@ class SocketActor(asyncio.Protocol):
                 self.fail(item.code, item.reason)
                 return
             # PongFrame: data_received already recorded that the peer is alive.
+
+    def _over_budget(self) -> bool:
+        if self._window_bytes <= MAX_INBOUND_BYTES_PER_SECOND:
+            return False
+        # A feed client sends a ping or a stats request now and then; a flood (pongs cost no
+        # reply, so flow control never slows them) would take a worker's CPU from everyone.
+        self.fail(CLOSE_POLICY_VIOLATION, "too many messages from the client")
+        return True
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        if self.transport.is_closing():
+            return
+        self._take_frames()
+        if not self._yielding and not self._paused:
+            self.transport.resume_reading()
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:

@@ -54,6 +54,7 @@ class _Protocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure: Exception | None = None
+        self._last_reply = 0.0
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,6 +95,7 @@ class _Protocol(asyncio.Protocol):
                 self._fail(RedisConnectionError("redis sent an unexpected reply"))
                 return
             future, _ = pending.popleft()
+            self._last_reply = time.monotonic()
             if future.done():  # its caller was cancelled; the reply is dropped in order
                 continue
             if isinstance(reply, ResponseError):
@@ -107,7 +109,9 @@ class _Protocol(asyncio.Protocol):
         self._watchdog = None
         if not self._pending:
             return
-        waited = time.monotonic() - self._pending[0][1]
+        # From the later of "sent" and "the last reply": a batch's last command waits behind the
+        # others, and a server that keeps answering is not hung however long the batch is.
+        waited = time.monotonic() - max(self._pending[0][1], self._last_reply)
         if waited >= self._timeout:
             self._fail(RedisTimeoutError(f"redis did not answer within {self._timeout:g} s"))
             return

@@ -102,11 +102,14 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
 class FrameReader:
     """Parses client frames. ``feed`` appends bytes; ``next`` returns one item or None."""
 
-    __slots__ = ("_buffer", "_failed", "_fragment_size", "_fragment_text", "_fragments", "max_message_bytes")
+    __slots__ = ("_buffer", "_failed", "_fragment_size", "_fragment_text", "_fragments", "_start", "max_message_bytes")
 
     def __init__(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
-        self._buffer = b""
+        # Unparsed bytes are buffer[start:]: frames are taken by moving ``start``, and the buffer
+        # is compacted once per feed, so a read full of small frames costs linear time.
+        self._buffer = bytearray()
+        self._start = 0
         self._fragments: list[bytes] | None = None
         self._fragment_text = False
         self._fragment_size = 0
@@ -114,11 +117,15 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
     def feed(self, data: bytes) -> None:
-        if not self._failed:
-            self._buffer = self._buffer + data if self._buffer else data
+        if self._failed:
+            return
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
 
     def next(self) -> Incoming | None:
         while not self._failed:
@@ -128,11 +135,11 @@ class FrameReader:
         return None
 
     def _frame(self) -> Incoming | _Fragment | None:
-        buffer = self._buffer
-        available = len(buffer)
+        buffer, start = self._buffer, self._start
+        available = len(buffer) - start
         if available < 2:
             return None
-        first, second = buffer[0], buffer[1]
+        first, second = buffer[start], buffer[start + 1]
         if first & 0x70:
             return self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
         if not second & 0x80:
@@ -144,12 +151,12 @@ class FrameReader:
         if length == 126:
             if available < 4:
                 return None
-            length = int.from_bytes(buffer[2:4], "big")
+            length = int.from_bytes(buffer[start + 2 : start + 4], "big")
             offset = 4
         elif length == 127:
             if available < 10:
                 return None
-            length = int.from_bytes(buffer[2:10], "big")
+            length = int.from_bytes(buffer[start + 2 : start + 10], "big")
             offset = 10
         control = opcode >= 0x8
         if control:
@@ -164,8 +171,12 @@ class FrameReader:
         end = offset + 4 + length
         if available < end:
             return None
-        payload = unmask(buffer[offset + 4 : end], buffer[offset : offset + 4])
-        self._buffer = buffer[end:] if end < available else b""
+        mask = bytes(buffer[start + offset : start + offset + 4])
+        payload = unmask(bytes(buffer[start + offset + 4 : start + end]), mask)
+        self._start = start + end
+        if self._start == len(buffer):
+            buffer.clear()
+            self._start = 0
         if control:
             return self._control(opcode, payload)
         return self._data(opcode, final, payload)
@@ -221,7 +232,8 @@ class FrameReader:
 
     def _fail(self, code: int, reason: str) -> Failure:
         self._failed = True
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._start = 0
         self._fragments = None
         return Failure(code, reason)
 

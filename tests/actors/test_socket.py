@@ -17,6 +17,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from sn.actors import socket as socket_module
 from sn.actors.connection import ConnectionState
 from sn.actors.encoding import Dialect, PayloadCache
 from sn.actors.hub import Hub
@@ -197,8 +198,9 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(
 
 
 async def test_a_client_that_sends_without_reading_is_not_buffered_without_bound(
-    connect: Callable[..., object],
+    connect: Callable[..., object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(socket_module, "MAX_INBOUND_BYTES_PER_SECOND", 1 << 30)  # flow control, not rate, here
     actor, peer = await connect()  # type: ignore[misc]
     request = Frame(Opcode.TEXT, b'{"type":"get_stats"}').serialize(mask=True, extensions=[])
     count = 5000  # ~1.5 MB of replies: more than the socket buffers and the high-water mark
@@ -210,6 +212,24 @@ async def test_a_client_that_sends_without_reading_is_not_buffered_without_bound
     await sender
     assert len(replies) == count  # once the client reads again, every request is answered
     assert all(_json(frame)["type"] == "stats" for frame in replies)
+
+
+async def test_a_flood_of_small_frames_is_closed_with_1008(connect: Callable[..., object]) -> None:
+    _, peer = await connect()  # type: ignore[misc]
+    pong = Frame(Opcode.PONG, b"").serialize(mask=True, extensions=[])  # no reply, so no backpressure
+    await peer.send(pong * 2000)
+    await peer.until_eof()
+    assert peer.protocol.close_rcvd is not None
+    assert peer.protocol.close_rcvd.code == 1008
+
+
+async def test_many_frames_in_one_read_are_taken_in_turns_and_all_answered(connect: Callable[..., object]) -> None:
+    actor, peer = await connect()  # type: ignore[misc]
+    count = socket_module.FRAMES_PER_TURN * 3 + 5
+    await peer.send(Frame(Opcode.TEXT, b'{"type":"ping"}').serialize(mask=True, extensions=[]) * count)
+    replies = await peer.frames(count)
+    assert [_json(frame)["type"] for frame in replies] == ["pong"] * count
+    assert not actor.transport.is_closing()
 
 
 async def test_keepalive_pings_a_quiet_peer_and_drops_a_dead_one(connect: Callable[..., object]) -> None:
