@@ -69,6 +69,10 @@ return {id, delivered}
 """
 
 
+async def _nothing() -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     events: list[tuple[int, bytes]]  # (event_id, body), ascending
@@ -142,7 +146,14 @@ class EventLog:
         it is called only when there are such entries, so a client that missed nothing (the
         common reconnect) costs no follow lookup, and one that did asks only about those authors."""
         now_ms = int(time.time() * 1000)
-        counter, head = await asyncio.gather(self._get(COUNTER_KEY), self._xrange("-", "+", 1))
+        anchor = self._tail.anchor
+        counter, head, at_anchor = await asyncio.gather(
+            self._get(COUNTER_KEY),
+            self._xrange("-", "+", 1),
+            self._xrange(f"{anchor[0]}-1", f"{anchor[0]}-1", 1) if anchor else _nothing(),
+        )
+        if anchor is not None:  # is the worker's copy of the log still a copy of this log?
+            self._tail.verify(anchor[0], int(at_anchor[0][1][b"t"]) if at_anchor else None)
         current = int(counter or 0)
         oldest = int(head[0][0].split(b"-")[0]) if head else None
         if since > current:

@@ -40,26 +40,41 @@ class LogTail:
         self._entries: list[LogEntry] = []
         self._covered_from = _NOTHING  # empty coverage while covered_from > covered_to
         self._covered_to = -1
+        # Ids below this were dropped from the copy as too old (or too many): a cursor there is
+        # answered "resync" without reading them again.
+        self._dropped_below = 0
         self._filling: asyncio.Future[None] | None = None
 
     @property
     def size(self) -> int:
         return len(self._entries)
 
+    @property
+    def anchor(self) -> tuple[int, int] | None:
+        """(id, logged_ms) of the newest entry held, for ``verify`` against the log in Redis."""
+        return (self._entries[-1].event_id, self._entries[-1].logged_ms) if self._entries else None
+
+    def verify(self, event_id: int, logged_ms: int | None) -> None:
+        """What Redis holds at ``event_id`` (None: nothing). A different entry there means Redis lost
+        the log and its ids started again: this copy is of another log and is dropped."""
+        index = bisect.bisect_left(self._entries, event_id, key=lambda entry: entry.event_id)
+        held = self._entries[index] if index < len(self._entries) else None
+        if held is not None and held.event_id == event_id and held.logged_ms != logged_ms:
+            self._reset()
+
     async def after(self, since: int, current: int, now_ms: int) -> list[LogEntry] | None:
-        """Entries with ids above ``since`` (the log's counter is ``current``), or None when more
-        than ``max_entries`` were logged since then (the caller resyncs the client)."""
+        """Entries with ids above ``since`` (the log's counter is ``current``), or None when the
+        cursor is too far behind: more than ``max_entries`` since, or in a part dropped for age
+        (the caller resyncs the client)."""
         low = since + 1
         while True:  # until covered; each pass either waits for another replay's read or reads
             if self._filling is not None:
                 await asyncio.shield(self._filling)  # one read for all the replays that need it
                 continue
-            if current < self._covered_to:
-                self._reset()  # the counter went back: Redis lost the log; this copy is of another
+            if low < self._dropped_below or current - since > self._max_entries:
+                return None
             if self._covered_from <= low and self._covered_to >= current:
                 return self._after(since)
-            if current - since > self._max_entries:
-                return None
             filling = self._filling = asyncio.get_running_loop().create_future()
             try:
                 if not await self._fill(low, current):
@@ -78,10 +93,12 @@ class LogTail:
 
     async def _fill(self, low: int, current: int) -> bool:
         limit = self._max_entries
+        if current - self._covered_to > limit:
+            self._reset()  # far behind the log: start again from this cursor
         if self._covered_from > low:
             empty = self._covered_from > self._covered_to
-            older = await self._fetch(low, None if empty else self._covered_from - 1, limit)
-            if len(older) >= limit:
+            older = await self._fetch(low, None if empty else self._covered_from - 1, limit + 1)
+            if len(older) > limit:
                 return False
             if empty:
                 self._entries, self._covered_to = older, max(current, older[-1].event_id if older else low - 1)
@@ -89,8 +106,8 @@ class LogTail:
                 self._entries = older + self._entries
             self._covered_from = low
         if self._covered_to < current:
-            newer = await self._fetch(self._covered_to + 1, None, limit)
-            if len(newer) >= limit:
+            newer = await self._fetch(self._covered_to + 1, None, limit + 1)
+            if len(newer) > limit:
                 self._reset()
                 return False
             self._entries += newer
@@ -104,8 +121,9 @@ class LogTail:
             drop += 1
         if drop:
             # Older than the replay window or beyond the size bound: a cursor there resyncs anyway.
-            self._covered_from = entries[drop - 1].event_id + 1
+            self._covered_from = self._dropped_below = entries[drop - 1].event_id + 1
             del entries[:drop]
 
     def _reset(self) -> None:
         self._entries, self._covered_from, self._covered_to = [], _NOTHING, -1
+        self._dropped_below = 0

@@ -7,9 +7,11 @@ import asyncio
 import itertools
 
 import msgspec
+import pytest
 from redis.asyncio import Redis
 
 from sn.actors.messages import Event, event_to_json
+from sn.storage import eventlog as eventlog_module
 from sn.storage.eventlog import EventLog
 from sn.storage.log_tail import LogEntry, LogTail
 from sn.storage.redis_mux import MuxRedis
@@ -84,33 +86,89 @@ async def test_entries_past_the_window_are_dropped_from_the_copy() -> None:
     assert tail.size == 10  # ...but not kept
 
 
-async def test_a_counter_that_went_back_means_another_log() -> None:
+async def test_a_log_that_redis_lost_is_noticed_at_the_anchor() -> None:
     log = Log()
     log.append(40)
     tail = LogTail(log.fetch)
     assert ids(await tail.after(35, log.current, NOW)) == [36, 37, 38, 39, 40]
-    log.entries.clear()  # Redis lost everything; ids start again from 1
-    log.append(3, author=2)
-    fresh = await tail.after(0, log.current, NOW)
-    assert ids(fresh) == [1, 2, 3]
+    assert tail.anchor == (40, NOW)
+    tail.verify(40, NOW)  # the same entry there: the copy stays
+    assert tail.size == 5
+    log.entries.clear()  # Redis lost everything; ids start again from 1 and grow past the copy
+    log.append(45, author=2, logged_ms=NOW + 1)
+    tail.verify(40, log.entries[39].logged_ms)  # another entry under that id
+    fresh = await tail.after(38, log.current, NOW)
+    assert ids(fresh) == list(range(39, 46))
     assert fresh is not None
     assert {entry.author_id for entry in fresh} == {2}
 
 
+async def test_entries_logged_after_the_counter_was_read_do_not_discard_the_copy() -> None:
+    log = Log()
+    log.append(110)
+    tail = LogTail(log.fetch)
+    assert ids(await tail.after(50, 100, NOW)) == list(range(51, 111))  # the log grew after GET counter
+    assert ids(await tail.after(60, 105, NOW)) == list(range(61, 111))  # an earlier counter: still covered
+    assert log.reads == [(51, None)]
+
+
+async def test_a_cursor_in_the_part_dropped_for_age_is_answered_without_reading() -> None:
+    log = Log()
+    log.append(10, logged_ms=NOW - 700_000)
+    log.append(10)
+    tail = LogTail(log.fetch, max_age_ms=600_000)
+    await tail.after(0, log.current, NOW)
+    reads = len(log.reads)
+    for _ in range(20):
+        assert await tail.after(3, log.current, NOW) is None
+    assert len(log.reads) == reads
+
+
+async def test_a_copy_far_behind_the_log_starts_again_from_the_cursor() -> None:
+    log = Log()
+    log.append(5)
+    tail = LogTail(log.fetch, max_entries=100)
+    assert ids(await tail.after(0, log.current, NOW)) == [1, 2, 3, 4, 5]
+    log.append(300)  # more than the copy may hold was logged since this worker last looked
+    assert ids(await tail.after(300, log.current, NOW)) == [301, 302, 303, 304, 305]
+    assert ids(await tail.after(205, log.current, NOW)) == list(range(206, 306))  # exactly the limit: served
+
+
 _authors = itertools.count(8_800_000)
+
+
+def _body(post: int, by: int) -> bytes:
+    event = Event(event_id=0, type="post_created", post_id=str(post), author_user_id=str(by), post_text="t")
+    return event_to_json(event)
 
 
 async def test_replays_through_the_copy_match_the_log_in_redis(aredis: Redis, amux: MuxRedis) -> None:
     log = EventLog(aredis, mux=amux)
     author, other = next(_authors), next(_authors)
 
-    def body(post: int, by: int) -> bytes:
-        event = Event(event_id=0, type="post_created", post_id=str(post), author_user_id=str(by), post_text="t")
-        return event_to_json(event)
-
-    start, _ = await log.route_to_followers(body(1, author), author, [])
+    start, _ = await log.route_to_followers(_body(1, author), author, [])
     for post in range(2, 8):
-        await log.route_to_followers(body(post, other if post % 2 else author), other if post % 2 else author, [])
+        await log.route_to_followers(_body(post, other if post % 2 else author), other if post % 2 else author, [])
     replays = await asyncio.gather(*(log.replay(start - 1 + offset, {author}, limit=10) for offset in range(4)))
     posts = [[msgspec.json.decode(b)["post_id"] for _, b in replay.events] for replay in replays]
     assert posts == [["1", "2", "4", "6"], ["2", "4", "6"], ["4", "6"], ["4", "6"]]
+
+
+async def test_replays_notice_that_redis_lost_the_log(
+    aredis: Redis, amux: MuxRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log of this test's own: the session's server may log events into the shared one meanwhile.
+    suffix = next(_authors)
+    monkeypatch.setattr(eventlog_module, "LOG_KEY", f"t:rt:log:{suffix}")
+    monkeypatch.setattr(eventlog_module, "COUNTER_KEY", f"t:rt:seq:{suffix}")
+    log = EventLog(aredis, mux=amux)
+    before, after = next(_authors), next(_authors)
+    for post in range(1, 4):
+        await log.route_to_followers(_body(post, before), before, [])
+    assert len((await log.replay(0, {before, after}, limit=10)).events) == 3
+    await aredis.delete(f"t:rt:log:{suffix}", f"t:rt:seq:{suffix}")  # a Redis restart without persistence
+    await asyncio.sleep(0.002)  # (a later millisecond: what the anchor compares)
+    for post in range(10, 15):
+        await log.route_to_followers(_body(post, after), after, [])
+    replay = await log.replay(0, {before, after}, limit=10)
+    assert [msgspec.json.decode(b)["post_id"] for _, b in replay.events] == ["10", "11", "12", "13", "14"]
