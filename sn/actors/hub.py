@@ -219,7 +219,7 @@ class Hub:
             if now >= next_refresh:
                 await self._store_presence(list(self._by_user))
                 next_refresh = now + refresh_every
-            elif self._pending_presence:
+            elif self._pending_presence or self._pending_stored is not None:  # (waiters whose users left)
                 await self._store_presence([u for u in self._pending_presence if u in self._by_user])
             if now >= next_stats:
                 # Counted here, not per frame: a multiprocess Prometheus counter is an mmap write.

@@ -6,6 +6,7 @@ a bad token gets a plain 401/403 response instead of an accepted socket that is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -29,6 +30,9 @@ bp = Blueprint("ws")
 OUTBOX_CAPACITY = 256
 MAX_FRAME_BYTES = 64 * 1024
 CLOSE_INTERNAL_ERROR = 1011
+# Presence and replay must be done within this, or the socket is closed (1011) and the client
+# reconnects: a socket without them would stay open and silently miss events.
+SETUP_TIMEOUT_SECONDS = 10.0
 
 
 def _token(request: Request) -> str:
@@ -73,6 +77,10 @@ async def _serve(request: Request, dialect: Dialect) -> None:
     ``sn.actors.socket``). The handler stays for the asynchronous setup only (presence, replay).
     """
     response = handshake.accept(request.headers)
+    if request.app.ctx.draining:
+        # Checked again here (the middleware ran before any await of this request): a socket
+        # taken over after the drain's "going away" round would never be told.
+        raise ServiceUnavailable("server (draining)", retry_after=1)
     app = services(request)
     hub = app.hub
     http: Any = request.transport.get_protocol()  # Sanic's HttpProtocol (its attributes are untyped)
@@ -96,16 +104,20 @@ async def _serve(request: Request, dialect: Dialect) -> None:
     hub.add(actor)
     _log_upgrade(request)
     try:
-        # Present before the log is read: an event routed from now on reaches this socket
-        # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
-        await hub.announce(actor.user_id)
-        if since is not None:
-            actor.finish_replay(since, await hub.missed_events(actor.user_id, since))
-    except Exception:
+        async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
+            # Present before the log is read: an event routed from now on reaches this socket
+            # live, and anything routed earlier is in the log (see EventLog.route_to_followers).
+            await hub.announce(actor.user_id)
+            if since is not None:
+                actor.finish_replay(since, await hub.missed_events(actor.user_id, since))
+    except BaseException as exc:
         # Without presence (or its replay) the socket would stay open and silently miss
-        # events: tell the client to come back instead.
-        log.exception("websocket setup failed for user %s", actor.user_id)
+        # events: tell the client to come back instead (also when the setup was cancelled).
+        if not isinstance(exc, asyncio.CancelledError):
+            log.error("websocket setup failed for user %s: %r", actor.user_id, exc)
         actor.shutdown(CLOSE_INTERNAL_ERROR, "server error during connection setup; reconnect")
+        if not isinstance(exc, Exception):
+            raise
 
 
 def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
@@ -117,6 +129,9 @@ def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
     # among the connections its shutdown waits for; the hub does both for WebSockets.
     http.connections.discard(http)
     http.transport = None
+    # Nothing of the request is left to read (handshake.accept refuses a body): Sanic must not
+    # try to, on a transport that is no longer its own.
+    request.stream.request_body = None  # type: ignore[union-attr]
     stream: Any = request.stream
     stream.upgrade_websocket = True  # tells Sanic's Http that no response is right for this request
     transport.resume_reading()

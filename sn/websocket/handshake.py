@@ -41,6 +41,8 @@ def accept(headers: Mapping[str, str]) -> bytes:
         raise BadRequest("WebSocket handshake: the Connection header must include 'Upgrade'")
     if headers.get("sec-websocket-version", "").strip() != VERSION:
         raise UpgradeRequired(f"WebSocket handshake: Sec-WebSocket-Version must be {VERSION}", headers=upgrade_headers)
+    if headers.get("transfer-encoding") or headers.get("content-length", "0").strip() != "0":
+        raise BadRequest("WebSocket handshake: an upgrade request has no body")
     key = headers.get("sec-websocket-key", "").strip()
     try:
         valid = len(base64.b64decode(key, validate=True)) == 16

@@ -79,6 +79,20 @@ async def test_a_burst_of_handshakes_shares_a_few_presence_writes(aredis: Redis,
         await _stop(task, hub)
 
 
+async def test_a_handshake_whose_client_left_is_not_kept_waiting(aredis: Redis, amux: MuxRedis) -> None:
+    hub = make_hub(aredis, Presence(amux))
+    task = await _running(hub)
+    try:
+        socket = Socket(7_100_001)
+        hub.add(socket)  # type: ignore[arg-type]
+        waiting = asyncio.create_task(hub.announce(socket.user_id))
+        await asyncio.sleep(0)
+        hub.remove(socket)  # type: ignore[arg-type]  # (the client disconnected during the handshake)
+        await asyncio.wait_for(waiting, 1)  # settled by the next batch, not by the next full refresh
+    finally:
+        await _stop(task, hub)
+
+
 async def test_a_failed_presence_write_fails_the_waiting_handshakes(aredis: Redis) -> None:
     unreachable = MuxRedis("redis://127.0.0.1:1/0", connect_timeout=0.5)
     hub = make_hub(aredis, Presence(unreachable))

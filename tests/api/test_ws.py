@@ -201,6 +201,11 @@ def test_a_plain_get_or_a_broken_handshake_gets_a_4xx_with_a_message(
     bad_key = client.get(f"/ws/{user.id}", headers={**upgrade, "Sec-WebSocket-Key": "short"})
     assert bad_key.status_code == 400
     assert "Sec-WebSocket-Key" in bad_key.json()["message"]
+    with_body = client.request(
+        "GET", f"/ws/{user.id}", headers={**upgrade, "Sec-WebSocket-Key": "a" * 22 + "=="}, content=b"hello"
+    )
+    assert with_body.status_code == 400
+    assert "no body" in with_body.json()["message"]
     old_version = client.get(
         "/post/feed/posted", headers={**upgrade, "Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "a" * 22 + "=="}
     )

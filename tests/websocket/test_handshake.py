@@ -20,7 +20,7 @@ def test_the_rfc_example_key() -> None:
 
 
 def test_a_valid_request_gets_101_with_the_accept_key() -> None:
-    response = accept({**GOOD, "connection": "keep-alive, Upgrade", "upgrade": "WebSocket"})
+    response = accept({**GOOD, "connection": "keep-alive, Upgrade", "upgrade": "WebSocket", "content-length": "0"})
     assert response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in response
     assert response.endswith(b"\r\n\r\n")
@@ -37,6 +37,8 @@ def test_a_valid_request_gets_101_with_the_accept_key() -> None:
         ({"sec-websocket-key": ""}, 400, "16 bytes"),
         ({"sec-websocket-key": "not base64!"}, 400, "16 bytes"),
         ({"sec-websocket-key": "c2hvcnQ="}, 400, "16 bytes"),
+        ({"content-length": "5"}, 400, "no body"),
+        ({"transfer-encoding": "chunked"}, 400, "no body"),
     ],
 )
 def test_bad_upgrade_requests_get_a_4xx_with_a_message(change: dict[str, str], status: int, words: str) -> None:
