@@ -55,6 +55,7 @@ class _Protocol(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure: Exception | None = None
         self._last_reply = 0.0
+        self._outgoing: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,7 +66,7 @@ class _Protocol(asyncio.Protocol):
         return self.send_many([packed])[0]
 
     def send_many(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
-        """Write commands in one write; Redis runs them in this order, nothing in between from us."""
+        """Queue commands for this turn's write; Redis runs them in this order, nothing in between."""
         if self.closed or self._transport is None:
             raise RedisConnectionError("redis connection is closed")
         loop = asyncio.get_running_loop()
@@ -75,10 +76,20 @@ class _Protocol(asyncio.Protocol):
             future: asyncio.Future[Any] = loop.create_future()
             self._pending.append((future, now))
             futures.append(future)
-        self._transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
+        # Coalesced: everything sent during this turn of the loop leaves in one write at its end.
+        # A reconnect storm's thousands of handshakes (presence, replay, follow checks) then cost
+        # a few syscalls a turn instead of one per command.
+        if not self._outgoing:
+            loop.call_soon(self._write_out)
+        self._outgoing += commands
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check_overdue)
         return futures
+
+    def _write_out(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and not self.closed and self._transport is not None:
+            self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -137,6 +148,7 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(failure)
 
     def close(self) -> None:
+        self._write_out()
         self.closed = True
         if self._transport is not None:
             self._transport.close()
