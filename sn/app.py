@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -132,9 +134,24 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class _Request(Request):
+    """Generated request ids are a per-process random prefix and a counter: unique across workers
+    in practice, and cheaper than Sanic's uuid4 (which was 4% of a whole /health request)."""
+
+    _ids = itertools.count()
+
+    @classmethod
+    def start_ids(cls) -> None:
+        cls._ids = itertools.count(secrets.randbits(40) << 32)
+
+    @classmethod
+    def generate_id(cls, *_: object) -> int:
+        return next(cls._ids)
+
+
 def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[Any, Any]:
     settings = settings or load_settings()
-    app = Sanic(name, log_config=logs.log_config(settings))
+    app = Sanic(name, log_config=logs.log_config(settings), request_class=_Request)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.REQUEST_TIMEOUT = int(settings.request_timeout_seconds)
     app.config.RESPONSE_TIMEOUT = int(settings.request_timeout_seconds)
@@ -154,6 +171,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     @app.before_server_start
     async def start_services(app: Sanic[Any, Any]) -> None:
         app.ctx.access_log = AccessLog(settings.log_format)
+        _Request.start_ids()
         app.ctx.services = await Services.start(settings)
         _tune_gc()
 
@@ -195,6 +213,9 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
             return HTTPResponse(status=204, headers=headers)
         return None
 
+    # Without a trusted proxy there is no forwarded address to parse (remote_addr would be "").
+    behind_proxy = bool(settings.proxies_count or settings.real_ip_header)
+
     async def finish(request: Request, response: BaseHTTPResponse) -> None:
         request_id = str(request.id)
         response.headers["X-Request-ID"] = request_id
@@ -208,7 +229,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
                 response.status,
                 duration_ms,
                 request_id,
-                request.remote_addr or request.ip,
+                (request.remote_addr or request.ip) if behind_proxy else request.ip,
             )
 
     app.register_middleware(preflight, "request", priority=100)
