@@ -24,6 +24,7 @@ def _serve(settings: Settings) -> None:
 
     from sn import logs, manager_signals
     from sn.app import create_app
+    from sn.http_protocol import ConnectionProtocol
 
     settings.require_secret()
     if not settings.database_url or not settings.redis_url:
@@ -39,6 +40,7 @@ def _serve(settings: Settings) -> None:
         backlog=settings.backlog,
         access_log=False,
         single_process=False,
+        protocol=ConnectionProtocol,
     )
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
     manager_signals.install()
