@@ -26,6 +26,7 @@ from sn.access_log import AccessLog
 from sn.actors.actions import CLOSE_GOING_AWAY
 from sn.actors.socket import CLOSE_TIMEOUT_SECONDS
 from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
+from sn.api.common import record_access
 from sn.context import Services
 from sn.errors import ApiError, ServiceUnavailable
 from sn.models import Message, ServerError
@@ -213,24 +214,11 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
             return HTTPResponse(status=204, headers=headers)
         return None
 
-    # Without a trusted proxy there is no forwarded address to parse (remote_addr would be "").
-    behind_proxy = bool(settings.proxies_count or settings.real_ip_header)
-
     async def finish(request: Request, response: BaseHTTPResponse) -> None:
         request_id = str(request.id)
         response.headers["X-Request-ID"] = request_id
         response.headers.update(_cors_headers(settings, request))
-        if settings.access_log:
-            started = getattr(request.ctx, "started", None)
-            duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-            request.app.ctx.access_log.record(
-                request.method,
-                request.path,
-                response.status,
-                duration_ms,
-                request_id,
-                (request.remote_addr or request.ip) if behind_proxy else request.ip,
-            )
+        record_access(request, response.status, request_id)
 
     app.register_middleware(preflight, "request", priority=100)
     app.register_middleware(ws.authenticate_upgrade, "request", priority=50)

@@ -140,9 +140,6 @@ class Hub:
     def users(self) -> int:
         return len(self._by_user)
 
-    def sockets_of(self, user_id: int) -> list[SocketActor]:
-        return self._by_user.get(user_id, [])
-
     def all_sockets(self) -> list[SocketActor]:
         return [actor for sockets in self._by_user.values() for actor in sockets]
 

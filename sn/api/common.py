@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 import msgspec
@@ -117,7 +118,20 @@ def optional_user(request: Request) -> int | None:
 
 
 def client_ip(request: Request) -> str:
-    return request.remote_addr or request.ip or "unknown"
+    settings = request.app.ctx.settings
+    if settings.proxies_count or settings.real_ip_header:
+        return request.remote_addr or request.ip or "unknown"
+    # No trusted proxy: no forwarded headers to parse (remote_addr would be "" after parsing them).
+    return request.ip or "unknown"
+
+
+def record_access(request: Request, status: int, request_id: str) -> None:
+    """One access-log line for this request (HTTP responses and WebSocket upgrades alike)."""
+    if not request.app.ctx.settings.access_log:
+        return
+    started = getattr(request.ctx, "started", None)
+    duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    request.app.ctx.access_log.record(request.method, request.path, status, duration_ms, request_id, client_ip(request))
 
 
 async def enforce_rate_limit(request: Request, bucket: str, subject: str, limit: int) -> None:

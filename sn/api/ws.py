@@ -18,7 +18,7 @@ from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
 from sn.actors.encoding import Dialect
 from sn.actors.hub import Hub
 from sn.actors.socket import SocketActor
-from sn.api.common import path_id, services
+from sn.api.common import path_id, record_access, services
 from sn.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from sn.websocket import handshake
 from sn.websocket.frames import OP_TEXT, encode_frame
@@ -102,7 +102,7 @@ async def _serve(request: Request, dialect: Dialect) -> None:
     if since is not None:
         actor.hold_live_events()
     hub.add(actor)
-    _log_upgrade(request)
+    record_access(request, 101, str(request.id))
     try:
         async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
             # Present before the log is read: an event routed from now on reaches this socket
@@ -141,15 +141,6 @@ def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
 
 def _replies(actions: list[Action]) -> list[SendText]:
     return [action for action in actions if isinstance(action, SendText)]
-
-
-def _log_upgrade(request: Request) -> None:
-    if request.app.ctx.settings.access_log:
-        started = getattr(request.ctx, "started", None)
-        duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-        request.app.ctx.access_log.record(
-            request.method, request.path, 101, duration_ms, str(request.id), request.remote_addr or request.ip
-        )
 
 
 def _stats_provider(hub: Hub) -> StatsProvider:

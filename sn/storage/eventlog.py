@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from sn.storage.log_tail import LogEntry, LogTail
 from sn.storage.presence import presence_key
-from sn.storage.redis_mux import Arg, MuxRedis
+from sn.storage.redis_mux import Arg, MuxRedis, OrderedScript
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
@@ -102,8 +102,7 @@ class EventLog:
         # Replays read the log through this worker's copy of its tail (see log_tail).
         self._tail = LogTail(self._read_log, max_age_ms=self._max_age_ms)
         self._route = redis.register_script(_ROUTE)
-        self._route_followers = redis.register_script(_ROUTE_FOLLOWERS)
-        self._route_followers_batch = mux.script(_ROUTE_FOLLOWERS) if mux is not None else None
+        self._route_followers = OrderedScript(redis, mux, _ROUTE_FOLLOWERS)
 
     async def route(self, body: bytes, author_id: int, deliveries: Mapping[str, Sequence[int]]) -> int:
         streams = list(deliveries)
@@ -127,11 +126,7 @@ class EventLog:
             chunk = followers[start : start + self.ROUTE_CHUNK]
             args: list[Arg] = [body, author_id, int(now * 1000), self._log_maxlen, self._stream_maxlen, now, *chunk]
             calls.append(([LOG_KEY, COUNTER_KEY, *(presence_key(f) for f in chunk)], args))
-        if self._mux is not None and self._route_followers_batch is not None:
-            script = self._route_followers_batch
-            results = await self._mux.run_scripts([script.call(keys, args) for keys, args in calls])
-        else:
-            results = [await self._route_followers(keys=keys, args=args) for keys, args in calls]
+        results = await self._route_followers.run(calls)
         return int(results[-1][0]), sum(int(result[1]) for result in results)
 
     async def replay(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from sn.storage.redis_mux import Arg, MuxRedis
+from sn.storage.redis_mux import Arg, MuxRedis, OrderedScript
 
 COMPLETE = "0000000000000000000"
 BUILDING = "0000000000000000001"
@@ -143,13 +143,10 @@ class FeedCache:
         self._redis = redis
         self._size = size
         self._ttl = ttl_seconds
-        self._add = redis.register_script(_ADD)
-        self._remove = redis.register_script(_REMOVE)
-        self._commit = redis.register_script(_COMMIT)
         # A fan-out's chunks go out in one write on the multiplexed client when there is one.
-        self._mux = mux
-        self._add_batch = mux.script(_ADD) if mux is not None else None
-        self._remove_batch = mux.script(_REMOVE) if mux is not None else None
+        self._add = OrderedScript(redis, mux, _ADD)
+        self._remove = OrderedScript(redis, mux, _REMOVE)
+        self._commit = redis.register_script(_COMMIT)
 
     @property
     def prefix(self) -> str:
@@ -199,22 +196,16 @@ class FeedCache:
     async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:
         """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
         args: list[Arg] = [member(post_id, author_id), str(self._size)]
-        chunks = list(_chunks([self.key(r) for r in recipients], self.CHUNK))
-        if self._mux is not None and self._add_batch is not None:
-            results = await self._mux.run_scripts([self._add_batch.call(chunk, args) for chunk in chunks])
-        else:
-            results = [await self._add(keys=chunk, args=args) for chunk in chunks]
+        keys = [self.key(r) for r in recipients]
+        results = await self._add.run([(chunk, args) for chunk in _chunks(keys, self.CHUNK)])
         return sum(int(result) for result in results)
 
     async def remove_posts(self, recipients: Iterable[int], posts: Sequence[tuple[int, int]]) -> int:
         if not posts:
             return 0
         values: list[Arg] = [member(p, a) for p, a in posts]
-        chunks = list(_chunks([self.key(r) for r in recipients], self.CHUNK))
-        if self._mux is not None and self._remove_batch is not None:
-            results = await self._mux.run_scripts([self._remove_batch.call(chunk, values) for chunk in chunks])
-        else:
-            results = [await self._remove(keys=chunk, args=values) for chunk in chunks]
+        keys = [self.key(r) for r in recipients]
+        results = await self._remove.run([(chunk, values) for chunk in _chunks(keys, self.CHUNK)])
         return sum(int(result) for result in results)
 
     async def invalidate(self, user_id: int) -> None:
