@@ -37,6 +37,9 @@ PARTIAL = "0000000000000000002"
 _REAL_MIN = "(" + PARTIAL  # exclusive lower bound: every real member sorts after the sentinels
 _REAL_MAX = "+"
 _KEY = "sn:feed:{}"
+# Shared by every FeedCache (followers' feeds and authors' own lists): a deleted post's id.
+_TOMBSTONE = "sn:feed:deleted:{}"
+_TOMBSTONE_TTL = 86_400  # longer than any redelivery of the post's events
 _REBUILD_TOKEN_TTL = 60  # seconds: longer than any rebuild query; a crashed reader's token expires
 
 # Shared by the scripts: drop the oldest real members beyond `max`; trimming makes the set partial.
@@ -52,14 +55,17 @@ end
 """
 _PRELUDE = f"local COMPLETE, BUILDING, PARTIAL = '{COMPLETE}', '{BUILDING}', '{PARTIAL}'\n" + _TRIM
 
-# KEYS: feeds; ARGV: member, max. Only feeds that exist are touched: an absent feed is rebuilt
-# on its next read, so writing into it would waste memory on users who are not reading.
+# KEYS[1]: the post's deletion tombstone, KEYS[2..]: feeds; ARGV: member, max. Only feeds that
+# exist are touched: an absent feed is rebuilt on its next read, so writing into it would waste
+# memory on users who are not reading. A deleted post is never added (see remove_posts).
 _ADD = (
     _PRELUDE
     + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local max = tonumber(ARGV[2])
 local touched = 0
-for _, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key = KEYS[i]
   if redis.call('EXISTS', key) == 1 then
     redis.call('ZADD', key, 0, ARGV[1])
     trim(key, max)
@@ -197,12 +203,20 @@ class FeedCache:
         """Insert a post into the existing feeds of `recipients`; returns how many were touched."""
         args: list[Arg] = [member(post_id, author_id), str(self._size)]
         keys = [self.key(r) for r in recipients]
-        results = await self._add.run([(chunk, args) for chunk in _chunks(keys, self.CHUNK)])
+        tombstone = _TOMBSTONE.format(post_id)
+        results = await self._add.run([([tombstone, *chunk], args) for chunk in _chunks(keys, self.CHUNK)])
         return sum(int(result) for result in results)
 
     async def remove_posts(self, recipients: Iterable[int], posts: Sequence[tuple[int, int]]) -> int:
         if not posts:
             return 0
+        # Tombstones first: the pipeline may run a post's creation after its deletion (two
+        # consumers, or one batch handled concurrently); the add then finds the tombstone instead
+        # of putting the deleted post back for good.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for post_id, _ in posts:
+                pipe.set(_TOMBSTONE.format(post_id), 1, ex=_TOMBSTONE_TTL)
+            await pipe.execute()
         values: list[Arg] = [member(p, a) for p, a in posts]
         keys = [self.key(r) for r in recipients]
         results = await self._remove.run([(chunk, values) for chunk in _chunks(keys, self.CHUNK)])

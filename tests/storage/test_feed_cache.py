@@ -7,7 +7,7 @@ import itertools
 import pytest
 from redis.asyncio import Redis
 
-from sn.storage.feed_cache import FeedCache, feed_key
+from sn.storage.feed_cache import FeedCache, feed_key, member
 from sn.storage.redis_mux import MuxRedis
 
 _user_ids = itertools.count(10_000_000)
@@ -99,3 +99,17 @@ async def test_only_the_newest_rebuild_may_commit(cache: FeedCache) -> None:
     assert not await cache.commit_rebuild(user, slow, keys(10))  # stale: refused
     assert await cache.commit_rebuild(user, fresh, keys(20, 10))
     assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(20, 10)
+
+
+async def test_a_creation_handled_after_its_deletion_does_not_bring_the_post_back(
+    cache: FeedCache, aredis: Redis
+) -> None:
+    user = next(_user_ids)
+    await cache.commit_rebuild(user, await cache.begin_rebuild(user), keys(10))
+    post_id = 10_000_000 + user  # an id of this test's own (tombstones are shared by every cache)
+    # The pipeline may handle "deleted" before "created": two consumers, or one batch run concurrently.
+    await cache.remove_posts([user], [(post_id, 7)])
+    assert await cache.add_post([user], post_id, 7) == 0
+    assert await cache.add_post([user], post_id + 1, 7) == 1  # other posts are added as before
+    members = await aredis.zrange(feed_key(user), 0, -1)
+    assert member(post_id, 7).encode() not in members
