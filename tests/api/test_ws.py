@@ -366,9 +366,15 @@ async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
         celebrity_duration = time.monotonic() - started
         assert normal_latency < celebrity_duration  # the normal post did not wait behind the fan-out
         assert any(j["post_id"] == celebrity_post for j in running["fanouts_in_progress"])
+
+        # The summary is written once the last batch is routed, a moment after its delivery.
+        def finished() -> dict[str, Any] | None:
+            recent = client.get("/celebrity-stats").json()["recent_fanouts"]
+            return next((f for f in recent if f["post_id"] == celebrity_post), None)
+
+        done = eventually(finished, timeout=5)
         stats = client.get("/celebrity-stats").json()
         assert any(c["user_id"] == celebrity.id for c in stats["celebrities"])
-        done = next(f for f in stats["recent_fanouts"] if f["post_id"] == celebrity_post)
         assert done["batches"] == 3
         assert done["online"] == 6
         assert done["duration_seconds"] >= 0.8
