@@ -1058,6 +1058,16 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
         receipts = await fleet.receipts()
         await fleet.record(False)
         latencies = [t - posts[post_id] for idx, t, _, post_id, _ in receipts if idx >= base and post_id in posts]
+        # When the slow deliveries happened (seconds after the phase began): a cluster at the
+        # start of a celebrity phase and a steady sprinkle have different causes.
+        phase_start = min(posts.values(), default=0.0)
+        slow_at = sorted(
+            {
+                round(posts[post_id] - phase_start, 1)
+                for idx, t, _, post_id, _ in receipts
+                if idx >= base and post_id in posts and t - posts[post_id] > 0.05
+            }
+        )
         out: dict[str, Any] = {
             "seconds": round(took, 1),
             "normal_posts": len(posts),
@@ -1066,6 +1076,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
             "normal_latency_ms": summary_ms(latencies),
             # How much of that is the POST itself (HTTP, PostgreSQL commit, outbox) vs the pipeline.
             "normal_post_response_ms": summary_ms(responses),
+            "slow_posts_sent_at_seconds": slow_at[:40],
             # Whether the latency is queueing for CPU: cores the sn workers used, and how busy the
             # whole machine (server, PostgreSQL, Redis, load client, anything else) was.
             "sn_workers_cores": round(server_cores, 2),
@@ -1101,7 +1112,8 @@ def _describe(phase: dict[str, Any]) -> str:
         f"{phase['normal_deliveries_expected']} deliveries, latency ms {phase['normal_latency_ms']}"
         f" (of which the POST response ms {phase['normal_post_response_ms']}); sn workers used"
         f" {phase['sn_workers_cores']} cores, machine busy {phase['machine_busy_percent']}%"
-        f" (cores by process: {phase['cores_by_process_group']})"
+        f" (cores by process: {phase['cores_by_process_group']}); posts delivered in > 50 ms were"
+        f" sent at seconds {phase['slow_posts_sent_at_seconds']}"
     )
 
 

@@ -29,6 +29,7 @@ from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, 
 from sn.api.common import record_access
 from sn.context import Services
 from sn.errors import ApiError, ServiceUnavailable
+from sn.loop_monitor import LoopMonitor
 from sn.models import Message, ServerError
 from sn.settings import Settings, load_settings
 
@@ -175,6 +176,8 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
         _Request.start_ids()
         app.ctx.services = await Services.start(settings)
         _tune_gc()
+        app.ctx.loop_monitor = LoopMonitor(warn_after=settings.loop_stall_warning_ms / 1000)
+        app.ctx.loop_monitor.start()
 
     @app.before_server_stop
     async def drain(app: Sanic[Any, Any]) -> None:
@@ -192,6 +195,9 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     @app.after_server_stop
     async def stop_services(app: Sanic[Any, Any]) -> None:
         services: Services | None = getattr(app.ctx, "services", None)
+        loop_monitor: LoopMonitor | None = getattr(app.ctx, "loop_monitor", None)
+        if loop_monitor is not None:
+            await loop_monitor.stop()
         try:
             if services is not None:
                 await services.close()

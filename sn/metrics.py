@@ -37,6 +37,19 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.outbox_published = Counter("sn_outbox_published", "Outbox rows published to the bus", registry=None)
+        self.loop_lag = Histogram(
+            "sn_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer (time it was busy or stalled)",
+            registry=None,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.gc_pause = Histogram(
+            "sn_gc_pause_seconds",
+            "Cyclic garbage collections, by generation",
+            ["generation"],
+            registry=None,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        )
 
 
 @cache

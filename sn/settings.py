@@ -86,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # pong does not come within the timeout. One sweep per worker does it, not a task per socket.
     ws_ping_interval_seconds: float = 20.0
     ws_ping_timeout_seconds: float = 20.0
+    # A worker's event loop stuck at least this long is logged (with the GC's share of it).
+    loop_stall_warning_ms: float = 100.0
 
     # Citus (`sn cluster init`): comma-separated host:port of the regular workers, and the hot
     # worker that holds only hot users' shards. Unused on single-node PostgreSQL.
@@ -215,6 +217,8 @@ def _validate(settings: Settings) -> None:
         problems.append("CELEBRITY_THRESHOLD and CELEBRITY_BATCH_SIZE must be >= 1, CELEBRITY_BATCH_DELAY >= 0")
     if settings.ws_ping_interval_seconds <= 0 or settings.ws_ping_timeout_seconds <= 0:
         problems.append("SN_WS_PING_INTERVAL_SECONDS and SN_WS_PING_TIMEOUT_SECONDS must be > 0")
+    if settings.loop_stall_warning_ms <= 0:
+        problems.append("SN_LOOP_STALL_WARNING_MS must be > 0")
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -14,6 +14,7 @@ the event loop to everything else.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from sn.actors.hub import cluster_stats
 from sn.actors.live_settings import LiveSettings
 from sn.actors.messages import Event, event_to_json
 from sn.feed import FeedService
@@ -125,16 +127,21 @@ class CelebrityActor:
         settings = await self._live.refresh()
         started = time.time()
         await self._feed.apply(event, followers=None)  # pull on read: only the author's own list
-        followers = await self._social.followers(event.author_id)
-        online = await self._presence.locate(followers)
-        pairs = [(stream, user) for stream, users in online.items() for user in users]
+        online = await self._online_followers(event.author_id)
+        # Worker by worker in turn, so every batch spreads its deliveries over the workers.
+        pairs = [
+            pair
+            for row in itertools.zip_longest(*([(stream, user) for user in users] for stream, users in online.items()))
+            for pair in row
+            if pair is not None
+        ]
         job = f"{event.type}:{event.post_id}"
         body = realtime_body(event)
         progress = {
             "author_id": str(event.author_id),
             "post_id": str(event.post_id),
             "type": event.type,
-            "followers": len(followers),
+            "followers": await self._social.follower_count(event.author_id),
             "online": len(pairs),
             "sent": 0,
             "started_at": started,
@@ -170,7 +177,21 @@ class CelebrityActor:
             "celebrity fan-out %s: %d online of %d followers, %d batches, %.2fs",
             job,
             len(pairs),
-            len(followers),
+            progress["followers"],
             batches,
             duration,
         )
+
+    async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
+        """The author's online followers by worker stream, intersected inside Redis: each live
+        worker's online set against the cached follower set, so 100k followers are never read
+        into Python nor looked up one by one."""
+        streams = [worker.worker for worker in await cluster_stats(self._redis)]
+        key = self._social.followers_key(author_id)
+        online = await self._presence.online_members(key, streams)
+        if online is None:  # not cached: load (and cache) the list, then intersect
+            followers = await self._social.followers(author_id)
+            online = await self._presence.online_members(key, streams)
+            if online is None:  # not kept (a follow changed during the load): look each one up
+                online = await self._presence.locate(followers)
+        return online

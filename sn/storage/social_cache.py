@@ -170,6 +170,11 @@ class SocialCache:
             return unique
         return list(await self._reads.execute("SMEMBERS", key))
 
+    @staticmethod
+    def followers_key(author_id: int) -> str:
+        """Where the author's follower set is cached (with a "0" member), for intersections in Redis."""
+        return _FOLLOWERS.format(author_id)
+
     async def followers(self, author_id: int) -> list[int]:
         followers, loaded = await self._cached_list(
             _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id)

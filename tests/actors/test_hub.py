@@ -12,7 +12,7 @@ import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
-from sn.actors.hub import Hub
+from sn.actors.hub import PRESENCE_TICK_SECONDS, Hub
 from sn.storage.eventlog import EventLog
 from sn.storage.presence import Presence
 from sn.storage.redis_mux import MuxRedis
@@ -107,3 +107,29 @@ async def test_a_failed_presence_write_fails_the_waiting_handshakes(aredis: Redi
     finally:
         await _stop(task, hub)
         await unreachable.aclose()
+
+
+async def test_presence_is_refreshed_a_slice_at_a_time_covering_everyone_each_cycle(
+    aredis: Redis, amux: MuxRedis
+) -> None:
+    """Every user is refreshed once per ttl/3, in equal slices, never all at once."""
+    hub = make_hub(aredis, Presence(amux, ttl_seconds=30))
+    ticks_per_cycle = int(30 / 3 / PRESENCE_TICK_SECONDS)
+    sockets = [Socket(8_000_000 + n) for n in range(200)]
+    for socket in sockets:
+        hub.add(socket)  # type: ignore[arg-type]
+    slices = [hub._next_refresh_slice() for _ in range(ticks_per_cycle)]
+    assert all(len(s) == 200 // ticks_per_cycle for s in slices)
+    assert sorted(u for s in slices for u in s) == [s.user_id for s in sockets]
+    # Mid-cycle, a user who left is skipped and a newcomer waits for the next cycle (it was
+    # announced on arrival, which keeps it present until then).
+    first = hub._next_refresh_slice()
+    gone, newcomer = sockets[-1], Socket(9_000_000)
+    hub.remove(gone)  # type: ignore[arg-type]
+    hub.add(newcomer)  # type: ignore[arg-type]
+    rest = [u for _ in range(ticks_per_cycle - 1) for u in hub._next_refresh_slice()]
+    assert gone.user_id not in rest
+    assert newcomer.user_id not in first + rest
+    assert len(first) + len(rest) == 199
+    assert newcomer.user_id in [u for _ in range(ticks_per_cycle) for u in hub._next_refresh_slice()]
+    await asyncio.sleep(0)  # (the leave above is a task)

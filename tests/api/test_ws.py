@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -405,3 +406,6 @@ def test_monitoring_endpoints_and_admin_checks(client: httpx.Client, make_user: 
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "sn_ws_connections" in metrics.text
+    # Every worker samples its event loop (a timer every 20 ms) and times the collector's pauses.
+    assert re.search(r"^sn_event_loop_lag_seconds_count [1-9]", metrics.text, re.MULTILINE), metrics.text
+    assert "sn_gc_pause_seconds" in metrics.text

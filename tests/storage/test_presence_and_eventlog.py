@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sn.actors.messages import Event, event_from_json, event_to_json
 from sn.storage import eventlog as eventlog_module
 from sn.storage.eventlog import EventLog
-from sn.storage.presence import Presence, presence_key
+from sn.storage.presence import Presence, online_key, presence_key
 from sn.storage.redis_mux import MuxRedis
 
 _ids = itertools.count(50_000_000)
@@ -38,6 +38,45 @@ async def test_presence_of_a_dead_worker_expires(aredis: Redis, amux: MuxRedis) 
     await presence.refresh([user], "stream:alive")
     assert await presence.locate([user]) == {"stream:alive": [user]}
     assert await aredis.zscore(presence_key(user), "stream:dead") is None  # swept on refresh
+
+
+async def test_online_members_intersect_a_set_with_each_workers_online_users(aredis: Redis, amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
+    a, b, c, stranger = next(_ids), next(_ids), next(_ids), next(_ids)
+    w1, w2, w3 = (f"stream:{next(_ids)}:{n}" for n in (1, 2, 3))
+    followers = f"test:followers:{next(_ids)}"
+    assert await presence.online_members(followers, [w1, w2]) is None  # not cached: the caller loads it
+    await aredis.sadd(followers, "0", a, b, c)  # (the cache's "0" marker matches no user)
+    await presence.refresh([a, b, stranger], w1)
+    await presence.refresh([b], w2)  # b has a tab on each worker
+    await presence.refresh([stranger], w3)
+    found = await presence.online_members(followers, [w1, w2, w3])
+    assert found is not None
+    assert {stream: sorted(users) for stream, users in found.items()} == {w1: sorted([a, b]), w2: [b]}
+    await presence.leave(b, w1)
+    assert await presence.online_members(followers, [w1, w2]) == {w1: [a], w2: [b]}
+    assert await presence.online_members(followers, []) == {}
+    # The online set lives as long as the worker's heartbeats keep it: a crashed worker's goes.
+    assert 0 < await aredis.ttl(online_key(w1)) <= 30
+
+
+async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> None:
+    """A big refresh is split so that no single script holds Redis for long."""
+    presence = Presence(amux, ttl_seconds=30)
+    users = [next(_ids) for _ in range(Presence.REFRESH_CHUNK * 2 + 1)]
+    stream = f"stream:{next(_ids)}"
+    calls: list[int] = []
+    script = presence._refresh
+
+    async def counted(*, keys: list[str], args: list[object]) -> object:
+        calls.append(len(keys) - 1)  # (the first key is the worker's online set)
+        return await script(keys=keys, args=args)
+
+    presence._refresh = counted  # type: ignore[method-assign]
+    assert await presence.refresh(users, stream) == len(users)
+    assert calls == [Presence.REFRESH_CHUNK, Presence.REFRESH_CHUNK, 1]
+    assert await aredis.scard(online_key(stream)) == len(users)
+    assert await presence.locate(users) == {stream: users}
 
 
 @pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
