@@ -69,6 +69,8 @@ class LoopMonitor:
     async def _run(self) -> None:
         lag_histogram = metrics().loop_lag
         gc_histogram = metrics().gc_pause
+        for generation in range(3):  # every series exists from the start, at zero
+            gc_histogram.labels(generation=str(generation))
         while True:
             asked = time.perf_counter()
             await asyncio.sleep(self._interval)
