@@ -1069,6 +1069,7 @@ async def isolation(fleet: Fleet, sn: SnTarget, graph: Graph, args: argparse.Nam
             }
         )
         out: dict[str, Any] = {
+            "started_at": time.strftime("%H:%M:%S", time.localtime(time.time() - took)),
             "seconds": round(took, 1),
             "normal_posts": len(posts),
             "normal_deliveries_expected": len(posts) * len(normal_followers),

@@ -192,6 +192,12 @@ if [[ " $SCENARIOS " == *" sn "* ]]; then
             --celebrities 1 --celebrity-followers "$CONNECTIONS" | tee -a "$OUT/seed.txt"
     fi
     "$PY" bench/helpers.py flush-redis "$REDIS_URL"
+    if command -v redis-cli >/dev/null 2>&1; then
+        # What held Redis during the run: commands over 5 ms, and latency events over 10 ms.
+        redis-cli -u "$REDIS_URL" config set slowlog-log-slower-than 5000 >/dev/null || true
+        redis-cli -u "$REDIS_URL" config set latency-monitor-threshold 10 >/dev/null || true
+        redis-cli -u "$REDIS_URL" slowlog reset >/dev/null || true
+    fi
     PORT=$("$PY" bench/helpers.py free-port)
     SN_DATABASE_URL=$DATABASE_URL SN_REDIS_URL=$REDIS_URL SN_JWT_SECRET=$SECRET SN_HOST=127.0.0.1 SN_PORT=$PORT \
         SN_WORKERS=2 SN_BACKLOG=$BACKLOG SN_RATE_LIMIT_AUTH=0 SN_RATE_LIMIT_WRITE=0 \
@@ -200,6 +206,14 @@ if [[ " $SCENARIOS " == *" sn "* ]]; then
     wait_log "$OUT/sn-server.log" "worker ready" 2 60
     "${LOAD[@]}" sn --port "$PORT" --log "$OUT/sn-server.log" --db "$DATABASE_URL" --secret "$SECRET" \
         --steps "$SN_STEPS" --posts "${WSBENCH_POSTS:-5}" "${COMMON[@]}" --out "$OUT/sn.json" | tee "$OUT/sn.txt"
+    if command -v redis-cli >/dev/null 2>&1; then
+        {
+            echo "# SLOWLOG GET 64 (id, unix time, microseconds, command)"
+            redis-cli -u "$REDIS_URL" slowlog get 64 || true
+            echo "# LATENCY LATEST (event, unix time, latest ms, max ms)"
+            redis-cli -u "$REDIS_URL" latency latest || true
+        } >"$OUT/redis-diagnostics.txt" 2>&1
+    fi
     stop_server
 fi
 

@@ -55,15 +55,18 @@ redis.call('SREM', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS[1]: a set of user ids (an author's cached followers), KEYS[2..]: workers' online sets ->
-# per online set, its members that are in KEYS[1]; false when KEYS[1] is not there (not cached).
-_ONLINE_MEMBERS = """
+# KEYS[1]: a set of user ids (an author's cached followers), KEYS[2]: a worker's online set;
+# ARGV: SSCAN cursor, page size -> {next cursor, the page's members that are in KEYS[1]}, or false
+# when KEYS[1] is not there (not cached). A page at a time: one SINTER of a 5k online set with a
+# 100k follower set held Redis for 6 ms, two workers' in one script for 16 ms.
+_ONLINE_PAGE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local result = {}
-for i = 2, #KEYS do
-  result[i - 1] = redis.call('SINTER', KEYS[i], KEYS[1])
+local page = redis.call('SSCAN', KEYS[2], ARGV[1], 'COUNT', ARGV[2])
+local found = {}
+for _, member in ipairs(page[2]) do
+  if redis.call('SISMEMBER', KEYS[1], member) == 1 then found[#found + 1] = member end
 end
-return result
+return {page[1], found}
 """
 
 
@@ -89,7 +92,7 @@ class Presence:
         self._lookup = redis.script(_LOOKUP)
         self._refresh = redis.script(_REFRESH)
         self._leave = redis.script(_LEAVE)
-        self._online_members = redis.script(_ONLINE_MEMBERS)
+        self._online_page = redis.script(_ONLINE_PAGE)
 
     async def refresh(self, users: Iterable[int], stream: str) -> int:
         """Mark ``users`` present on ``stream`` for another ttl (and keep the worker's online set)."""
@@ -108,13 +111,24 @@ class Presence:
 
     async def online_members(self, set_key: str, streams: Sequence[str]) -> dict[str, list[int]] | None:
         """The members of the id set at ``set_key`` online on each of ``streams`` (workers with none
-        are left out), or None when ``set_key`` does not exist."""
-        if not streams:
-            return {} if await self._redis.execute("EXISTS", set_key) else None
-        found = await self._online_members(keys=[set_key, *(online_key(s) for s in streams)], args=[])
-        if found is None:
+        are left out), or None when ``set_key`` does not exist (or stops existing meanwhile)."""
+        if not await self._redis.execute("EXISTS", set_key):
             return None
-        return {stream: [int(u) for u in users] for stream, users in zip(streams, found, strict=True) if users}
+        found: dict[str, list[int]] = {}
+        for stream in streams:
+            members: set[int] = set()  # (SSCAN may return a member twice)
+            cursor: bytes | str = "0"
+            while True:
+                page = await self._online_page(keys=[set_key, online_key(stream)], args=[cursor, self.CHUNK])
+                if page is None:
+                    return None
+                cursor, matched = page
+                members.update(int(member) for member in matched)
+                if cursor in (b"0", "0"):
+                    break
+            if members:
+                found[stream] = sorted(members)
+        return found
 
     async def locate(self, users: Sequence[int]) -> dict[str, list[int]]:
         """Group the online users among `users` by the stream of each worker holding a socket of theirs."""

@@ -60,6 +60,26 @@ async def test_online_members_intersect_a_set_with_each_workers_online_users(are
     assert 0 < await aredis.ttl(online_key(w1)) <= 30
 
 
+async def test_online_members_of_a_big_worker_are_read_a_page_at_a_time(aredis: Redis, amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
+    online = [next(_ids) for _ in range(Presence.CHUNK * 3)]
+    stream, followers = f"stream:{next(_ids)}", f"test:followers:{next(_ids)}"
+    await presence.refresh(online, stream)
+    await aredis.sadd(followers, "0", *online[::3], next(_ids))
+    pages: list[object] = []
+    script = presence._online_page
+
+    async def counted(*, keys: list[str], args: list[object]) -> object:
+        pages.append(args[0])
+        return await script(keys=keys, args=args)
+
+    presence._online_page = counted  # type: ignore[method-assign]
+    assert await presence.online_members(followers, [stream]) == {stream: sorted(online[::3])}
+    assert len(pages) >= 3  # SSCAN pages of about CHUNK members each, not one SINTER
+    await aredis.delete(followers)  # the cache expired: the caller has to load it
+    assert await presence.online_members(followers, [stream]) is None
+
+
 async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> None:
     """A big refresh is split so that no single script holds Redis for long."""
     presence = Presence(amux, ttl_seconds=30)
