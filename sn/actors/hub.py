@@ -82,6 +82,7 @@ class Hub:
         self.slow_consumer_closes = 0
         self.extra_stats: Callable[[], dict[str, Any]] = dict
         self._pending_presence: set[int] = set()
+        self._pending_leaves: set[int] = set()
         # Settled when the pending batch is stored, for handshakes waiting on their announcement;
         # then the same for the batch being stored right now.
         self._pending_stored: asyncio.Future[None] | None = None
@@ -107,6 +108,7 @@ class Hub:
         if len(sockets) == 1:
             # Announce promptly (a post a moment later must find this user); batched with
             # other new arrivals so a reconnect storm costs few Redis calls.
+            self._pending_leaves.discard(actor.user_id)  # (back before their departure was written)
             self._pending_presence.add(actor.user_id)
             self._presence_dirty.set()
 
@@ -122,8 +124,11 @@ class Hub:
         if not sockets:
             del self._by_user[actor.user_id]
             self._pending_presence.discard(actor.user_id)
-            task = asyncio.get_running_loop().create_task(self._presence.leave(actor.user_id, self.stream_key))
-            task.add_done_callback(_ignore_result)
+            # Written by the presence loop in batches, like arrivals: a storm's departures cost a
+            # few calls rather than a task and a call each. Arrivals and departures are written by
+            # that one loop in turn, so a user who leaves and comes back is never left absent.
+            self._pending_leaves.add(actor.user_id)
+            self._presence_dirty.set()
 
     async def announce(self, user_id: int) -> None:
         """Wait until this user's presence is stored (a user already present returns at once).
@@ -220,6 +225,8 @@ class Hub:
                 await asyncio.wait_for(self._presence_dirty.wait(), timeout=timeout)
             self._presence_dirty.clear()
             now = time.monotonic()
+            if self._pending_leaves:
+                await self._store_leaves()
             if self._pending_presence or self._pending_stored is not None:  # (waiters whose users left)
                 await self._store_presence([u for u in self._pending_presence if u in self._by_user])
             if now >= next_tick:
@@ -241,6 +248,15 @@ class Hub:
         size = math.ceil(len(self._refresh_cycle) / ticks_per_cycle)
         start, self._refresh_position = self._refresh_position, self._refresh_position + size
         return [user for user in self._refresh_cycle[start : start + size] if user in self._by_user]
+
+    async def _store_leaves(self) -> None:
+        leaving, self._pending_leaves = self._pending_leaves, set()
+        try:
+            await self._presence.leave(leaving, self.stream_key)
+        except BaseException:
+            # Still to be written (unless they came back meanwhile): the restarted loop retries.
+            self._pending_leaves |= {user for user in leaving if user not in self._by_user}
+            raise
 
     async def _store_presence(self, users: list[int]) -> None:
         """Store presence for ``users``; whoever announced a pending user learns how it went."""
@@ -285,6 +301,9 @@ class Hub:
         }
 
     async def withdraw(self) -> None:
+        """Leave the cluster (the worker is stopping): departures not yet written, then the stats."""
+        if self._pending_leaves:
+            await self._store_leaves()
         await self._redis.hdel(WORKERS_KEY, self.stream_key)
 
 
@@ -307,8 +326,3 @@ def _settled_future() -> asyncio.Future[None]:
     # Handshakes that gave up (their client left) do not await it: a failure is not "never retrieved".
     future.add_done_callback(lambda f: f.cancelled() or f.exception())
     return future
-
-
-def _ignore_result(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("presence update failed: %s", task.exception())

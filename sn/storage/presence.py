@@ -48,11 +48,14 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return #KEYS - 1
 """
 
-# KEYS[1]: the worker's online set, KEYS[2]: the user's presence key; ARGV: stream, user.
+# KEYS[1]: the worker's online set, KEYS[2..]: the users' presence keys; ARGV: stream, then the
+# users (in KEYS order).
 _LEAVE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[1], ARGV[2])
-return 1
+for i = 2, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+redis.call('SREM', KEYS[1], unpack(ARGV, 2))
+return #KEYS - 1
 """
 
 # KEYS[1]: a set of user ids (an author's cached followers), KEYS[2]: a worker's online set;
@@ -106,8 +109,14 @@ class Presence:
             )
         return len(ids)
 
-    async def leave(self, user_id: int, stream: str) -> None:
-        await self._leave(keys=[online_key(stream), presence_key(user_id)], args=[stream, user_id])
+    async def leave(self, users: Iterable[int], stream: str) -> int:
+        """``users`` no longer have sockets on ``stream``."""
+        ids = list(users)
+        online = online_key(stream)
+        for start in range(0, len(ids), self.REFRESH_CHUNK):
+            chunk = ids[start : start + self.REFRESH_CHUNK]
+            await self._leave(keys=[online, *(presence_key(u) for u in chunk)], args=[stream, *chunk])
+        return len(ids)
 
     async def online_members(self, set_key: str, streams: Sequence[str]) -> dict[str, list[int]] | None:
         """The members of the id set at ``set_key`` online on each of ``streams`` (workers with none

@@ -4,9 +4,9 @@ failure to store presence reaches the handshakes that waited for it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
 import redis.exceptions
@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 
 from sn.actors.hub import PRESENCE_TICK_SECONDS, Hub
 from sn.storage.eventlog import EventLog
-from sn.storage.presence import Presence
+from sn.storage.presence import Presence, online_key
 from sn.storage.redis_mux import MuxRedis
+from sn.tasks import cancel_and_wait
 
 
 class CountingPresence(Presence):
@@ -23,9 +24,15 @@ class CountingPresence(Presence):
 
     writes = 0
 
-    async def refresh(self, user_ids: Sequence[int], stream: str) -> None:
+    leave_calls = 0
+
+    async def refresh(self, user_ids: Iterable[int], stream: str) -> int:
         self.writes += 1
-        await super().refresh(user_ids, stream)
+        return await super().refresh(user_ids, stream)
+
+    async def leave(self, user_ids: Iterable[int], stream: str) -> int:
+        self.leave_calls += 1
+        return await super().leave(user_ids, stream)
 
 
 class Socket:
@@ -54,9 +61,7 @@ async def _running(hub: Hub) -> asyncio.Task[None]:
 
 
 async def _stop(task: asyncio.Task[None], hub: Hub) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, redis.exceptions.ConnectionError):
-        await task
+    await cancel_and_wait(task)
     await hub.withdraw()  # its stats would otherwise count in the test server's /stats for 15 s
 
 
@@ -132,4 +137,36 @@ async def test_presence_is_refreshed_a_slice_at_a_time_covering_everyone_each_cy
     assert newcomer.user_id not in first + rest
     assert len(first) + len(rest) == 199
     assert newcomer.user_id in [u for _ in range(ticks_per_cycle) for u in hub._next_refresh_slice()]
-    await asyncio.sleep(0)  # (the leave above is a task)
+
+
+async def test_departures_are_written_in_batches_and_a_return_is_never_lost(aredis: Redis, amux: MuxRedis) -> None:
+    presence = CountingPresence(amux)
+    hub = make_hub(aredis, presence)
+    task = await _running(hub)
+    try:
+        base = secrets.randbelow(10**12) * 1000  # (not shared with another run's leftovers)
+        sockets = [Socket(base + n) for n in range(300)]
+        for socket in sockets:
+            hub.add(socket)  # type: ignore[arg-type]
+        await asyncio.wait_for(asyncio.gather(*(hub.announce(s.user_id) for s in sockets)), 3)
+        users = [s.user_id for s in sockets]
+        writes_before = presence.leave_calls
+        for socket in sockets:
+            hub.remove(socket)  # type: ignore[arg-type]  # a storm of disconnects in one loop turn
+        back = sockets[7]
+        hub.add(back)  # type: ignore[arg-type]  # ...and one of them back before it was written
+        await asyncio.wait_for(hub.announce(back.user_id), 3)
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if await presence.locate(users) == {hub.stream_key: [back.user_id]}:
+                break
+        assert await presence.locate(users) == {hub.stream_key: [back.user_id]}
+        assert await aredis.smembers(online_key(hub.stream_key)) == {str(back.user_id).encode()}
+        assert presence.leave_calls - writes_before <= 2  # one batch (maybe two), not 299 calls
+        # Departures still pending when the worker stops are written as it withdraws.
+        hub.remove(back)  # type: ignore[arg-type]
+        await cancel_and_wait(task)  # (a plain cancel can be lost in 3.11's wait_for: see sn.tasks)
+        await hub.withdraw()
+        assert await presence.locate([back.user_id]) == {}
+    finally:
+        await _stop(task, hub)

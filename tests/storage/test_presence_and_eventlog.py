@@ -27,7 +27,7 @@ async def test_presence_groups_online_users_by_worker_stream(amux: MuxRedis) -> 
     await presence.refresh([b], "stream:w2")  # b has tabs on two workers
     located = await presence.locate([a, b, c])
     assert located == {"stream:w1": [a, b], "stream:w2": [b]}
-    await presence.leave(b, "stream:w1")
+    await presence.leave([b], "stream:w1")
     assert await presence.locate([b]) == {"stream:w2": [b]}
 
 
@@ -53,7 +53,7 @@ async def test_online_members_intersect_a_set_with_each_workers_online_users(are
     found = await presence.online_members(followers, [w1, w2, w3])
     assert found is not None
     assert {stream: sorted(users) for stream, users in found.items()} == {w1: sorted([a, b]), w2: [b]}
-    await presence.leave(b, w1)
+    await presence.leave([b], w1)
     assert await presence.online_members(followers, [w1, w2]) == {w1: [a], w2: [b]}
     assert await presence.online_members(followers, []) == {}
     # The online set lives as long as the worker's heartbeats keep it: a crashed worker's goes.
