@@ -135,6 +135,7 @@ class Services:
         hub = Hub(
             redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
         )
+        await presence.forget_worker(hub.stream_key)
         services = cls(
             settings=settings,
             pool=pool,

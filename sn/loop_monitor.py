@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,9 @@ class StallMeter:
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self._gc_started: float | None = None
-        # (generation, seconds) per finished collection since the last drain.
-        self.pauses: list[tuple[int, float]] = []
+        # (generation, seconds) per finished collection since the last drain; bounded, in case
+        # nothing drains it for a while.
+        self.pauses: deque[tuple[int, float]] = deque(maxlen=1000)
 
     def gc_event(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -44,7 +46,8 @@ class StallMeter:
             self._gc_started = None
 
     def drain_pauses(self) -> list[tuple[int, float]]:
-        pauses, self.pauses = self.pauses, []
+        pauses = list(self.pauses)
+        self.pauses.clear()
         return pauses
 
 
@@ -55,16 +58,23 @@ class LoopMonitor:
         self.meter = StallMeter()
         self._task: asyncio.Task[None] | None = None
         self.worst_lag = 0.0
+        self._quiet_until = 0.0
 
     def start(self) -> None:
         gc.callbacks.append(self.meter.gc_event)
         self._task = asyncio.create_task(self._run(), name="loop-monitor")
+        self._task.add_done_callback(self._finished)
 
     async def stop(self) -> None:
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self.meter.gc_event)
         if self._task is not None:
             await cancel_and_wait(self._task)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # However the sampler ends, the collector stops calling into it.
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.meter.gc_event)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("loop monitor stopped: %r", task.exception())
 
     async def _run(self) -> None:
         lag_histogram = metrics().loop_lag
@@ -80,7 +90,9 @@ class LoopMonitor:
             for generation, seconds in pauses:
                 gc_histogram.labels(generation=str(generation)).observe(seconds)
             self.worst_lag = max(self.worst_lag, lag)
-            if lag >= self._warn_after:
+            if lag >= self._warn_after and time.monotonic() >= self._quiet_until:
+                # At most one line a second: an overloaded worker would otherwise log every sample.
+                self._quiet_until = time.monotonic() + 1.0
                 in_gc = sum(seconds for _, seconds in pauses)
                 log.warning(
                     "event loop stalled for %.0f ms (garbage collection: %.0f ms in %d run(s), generations %s)",

@@ -29,13 +29,14 @@ async def test_monitor_reports_a_blocked_loop_and_the_collections_in_it(caplog: 
     monitor.start()
     try:
         await asyncio.sleep(0.05)
+        monitor._quiet_until = 0.0  # (whatever the machine did so far, this stall gets its line)
         with caplog.at_level(logging.WARNING, logger="sn.loop"):
             gc.collect()
             time.sleep(0.15)  # the loop is stuck: no timer can run
             await asyncio.sleep(0.05)
         assert monitor.worst_lag >= 0.1
         warnings = [r.getMessage() for r in caplog.records if r.name == "sn.loop"]
-        assert len(warnings) == 1
+        assert len(warnings) == 1  # one line a second at most, however many samples were late
         assert warnings[0].startswith("event loop stalled for ")
         # The forced full collection is named (a young one may have run too).
         assert re.search(r"garbage collection: \d+ ms in \d+ run\(s\), generations \[(\d, )*2\]\)", warnings[0])

@@ -92,9 +92,10 @@ class Hub:
         # (the state machine asks synchronously, so this cannot be a Redis call).
         self.cluster: dict[str, Any] = {}
         self._presence_dirty = asyncio.Event()
-        # This refresh cycle: a snapshot of the users, and how far the slices have got.
+        # This refresh cycle: a snapshot of the users, how far the slices have got, when it began.
         self._refresh_cycle: list[int] = []
         self._refresh_position = 0
+        self._refresh_cycle_started = 0.0
         self._emptied: asyncio.Event | None = None  # set up by wait_closed (shutdown only)
 
     # -- connections -----------------------------------------------------------------------
@@ -230,7 +231,9 @@ class Hub:
             if self._pending_presence or self._pending_stored is not None:  # (waiters whose users left)
                 await self._store_presence([u for u in self._pending_presence if u in self._by_user])
             if now >= next_tick:
-                await self._presence.refresh(self._next_refresh_slice(), self.stream_key)
+                users, position = self._next_refresh_slice(now)
+                await self._presence.refresh(users, self.stream_key)
+                self._refresh_position = position  # (a failed slice is tried again)
                 next_tick = now + PRESENCE_TICK_SECONDS
             if now >= next_stats:
                 # Counted here, not per frame: a multiprocess Prometheus counter is an mmap write.
@@ -239,15 +242,23 @@ class Hub:
                 await self.publish_stats()
                 next_stats = now + STATS_INTERVAL_SECONDS
 
-    def _next_refresh_slice(self) -> list[int]:
-        """The users to refresh this tick: the next share of a snapshot taken when a cycle starts,
-        sized so that the cycle ends within ttl/3 (users who left since are skipped)."""
+    def _next_refresh_slice(self, now: float) -> tuple[list[int], int]:
+        """The users to refresh this tick and where the cycle will stand after them.
+
+        A cycle refreshes a snapshot of the users taken when it begins, in slices sized by the
+        time left until ttl/3 after its start: slow turns (a storm's) make slices bigger, never the
+        cycle longer, so an entry written at most two cycles ago has not expired (ttl = 3 cycles).
+        Users who left since the snapshot are skipped.
+        """
+        period = self._presence.ttl / 3
         if self._refresh_position >= len(self._refresh_cycle):
             self._refresh_cycle, self._refresh_position = list(self._by_user), 0
-        ticks_per_cycle = max(1, int(self._presence.ttl / 3 / PRESENCE_TICK_SECONDS))
-        size = math.ceil(len(self._refresh_cycle) / ticks_per_cycle)
-        start, self._refresh_position = self._refresh_position, self._refresh_position + size
-        return [user for user in self._refresh_cycle[start : start + size] if user in self._by_user]
+            self._refresh_cycle_started = now
+        remaining = len(self._refresh_cycle) - self._refresh_position
+        ticks_left = math.floor((self._refresh_cycle_started + period - now) / PRESENCE_TICK_SECONDS)
+        size = remaining if ticks_left <= 1 else math.ceil(remaining / ticks_left)
+        start, end = self._refresh_position, self._refresh_position + size
+        return [user for user in self._refresh_cycle[start:end] if user in self._by_user], end
 
     async def _store_leaves(self) -> None:
         leaving, self._pending_leaves = self._pending_leaves, set()
@@ -301,10 +312,15 @@ class Hub:
         }
 
     async def withdraw(self) -> None:
-        """Leave the cluster (the worker is stopping): departures not yet written, then the stats."""
-        if self._pending_leaves:
-            await self._store_leaves()
-        await self._redis.hdel(WORKERS_KEY, self.stream_key)
+        """Leave the cluster (the worker is stopping): every user it still lists (departures not
+        yet written, sockets that outlived the shutdown's wait), its online set, its stats."""
+        try:
+            self._pending_leaves |= set(self._by_user)
+            if self._pending_leaves:
+                await self._store_leaves()
+            await self._presence.forget_worker(self.stream_key)
+        finally:
+            await self._redis.hdel(WORKERS_KEY, self.stream_key)
 
 
 async def cluster_stats(redis: Redis) -> list[WorkerStats]:

@@ -118,6 +118,11 @@ class Presence:
             await self._leave(keys=[online, *(presence_key(u) for u in chunk)], args=[stream, *chunk])
         return len(ids)
 
+    async def forget_worker(self, stream: str) -> None:
+        """Drop ``stream``'s online set: a worker starting under the name of one that died (same
+        node and worker name) must not inherit its users."""
+        await self._redis.execute("DEL", online_key(stream))
+
     async def online_members(self, set_key: str, streams: Sequence[str]) -> dict[str, list[int]] | None:
         """The members of the id set at ``set_key`` online on each of ``streams`` (workers with none
         are left out), or None when ``set_key`` does not exist (or stops existing meanwhile)."""

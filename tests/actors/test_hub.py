@@ -4,6 +4,7 @@ failure to store presence reaches the handshakes that waited for it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -62,7 +63,9 @@ async def _running(hub: Hub) -> asyncio.Task[None]:
 
 async def _stop(task: asyncio.Task[None], hub: Hub) -> None:
     await cancel_and_wait(task)
-    await hub.withdraw()  # its stats would otherwise count in the test server's /stats for 15 s
+    # (Its stats still go when its presence cannot be written: the tests with no Redis.)
+    with contextlib.suppress(redis.exceptions.ConnectionError):
+        await hub.withdraw()  # its stats would otherwise count in the test server's /stats for 15 s
 
 
 async def test_a_burst_of_handshakes_shares_a_few_presence_writes(aredis: Redis, amux: MuxRedis) -> None:
@@ -114,29 +117,78 @@ async def test_a_failed_presence_write_fails_the_waiting_handshakes(aredis: Redi
         await unreachable.aclose()
 
 
+class Ticks:
+    """Drives the hub's refresh slices as the presence loop does, on a clock the test sets."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.now = 1000.0
+
+    def tick(self, seconds: float = PRESENCE_TICK_SECONDS) -> list[int]:
+        users, position = self.hub._next_refresh_slice(self.now)
+        self.hub._refresh_position = position  # (the refresh succeeded)
+        self.now += seconds
+        return users
+
+
 async def test_presence_is_refreshed_a_slice_at_a_time_covering_everyone_each_cycle(
     aredis: Redis, amux: MuxRedis
 ) -> None:
     """Every user is refreshed once per ttl/3, in equal slices, never all at once."""
     hub = make_hub(aredis, Presence(amux, ttl_seconds=30))
+    clock = Ticks(hub)
     ticks_per_cycle = int(30 / 3 / PRESENCE_TICK_SECONDS)
     sockets = [Socket(8_000_000 + n) for n in range(200)]
     for socket in sockets:
         hub.add(socket)  # type: ignore[arg-type]
-    slices = [hub._next_refresh_slice() for _ in range(ticks_per_cycle)]
+    slices = [clock.tick() for _ in range(ticks_per_cycle)]
     assert all(len(s) == 200 // ticks_per_cycle for s in slices)
     assert sorted(u for s in slices for u in s) == [s.user_id for s in sockets]
     # Mid-cycle, a user who left is skipped and a newcomer waits for the next cycle (it was
     # announced on arrival, which keeps it present until then).
-    first = hub._next_refresh_slice()
+    first = clock.tick()
     gone, newcomer = sockets[-1], Socket(9_000_000)
     hub.remove(gone)  # type: ignore[arg-type]
     hub.add(newcomer)  # type: ignore[arg-type]
-    rest = [u for _ in range(ticks_per_cycle - 1) for u in hub._next_refresh_slice()]
+    rest = [u for _ in range(ticks_per_cycle - 1) for u in clock.tick()]
     assert gone.user_id not in rest
     assert newcomer.user_id not in first + rest
     assert len(first) + len(rest) == 199
-    assert newcomer.user_id in [u for _ in range(ticks_per_cycle) for u in hub._next_refresh_slice()]
+    assert newcomer.user_id in [u for _ in range(ticks_per_cycle) for u in clock.tick()]
+
+
+async def test_slow_turns_make_slices_bigger_not_the_cycle_longer(aredis: Redis, amux: MuxRedis) -> None:
+    """Turns of 2 s (a storm) instead of 0.5 s: the cycle still ends within ttl/3, so every entry
+    is refreshed before it expires."""
+    hub = make_hub(aredis, Presence(amux, ttl_seconds=30))
+    clock = Ticks(hub)
+    for n in range(200):
+        hub.add(Socket(8_100_000 + n))  # type: ignore[arg-type]
+    started = clock.now
+    refreshed: list[int] = []
+    while len(refreshed) < 200:
+        refreshed += clock.tick(2.0)
+    assert clock.now - started <= 30 / 3 + 2.0
+    assert sorted(refreshed) == [8_100_000 + n for n in range(200)]
+
+
+async def test_a_failed_refresh_slice_is_tried_again(aredis: Redis) -> None:
+    unreachable = MuxRedis("redis://127.0.0.1:1/0", connect_timeout=0.5)
+    hub = make_hub(aredis, Presence(unreachable, ttl_seconds=30))
+    for n in range(100):
+        hub.add(Socket(8_200_000 + n))  # type: ignore[arg-type]
+    hub._pending_presence.clear()  # (only the refresh slices matter here)
+    task = asyncio.create_task(hub.presence_loop())
+    try:
+        await asyncio.wait({task}, timeout=5)
+        assert task.done()
+        assert isinstance(task.exception(), redis.exceptions.ConnectionError)
+        assert hub._refresh_position == 0  # the restarted loop refreshes the same slice
+    finally:
+        await cancel_and_wait(task)
+        await unreachable.aclose()
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            await hub.withdraw()
 
 
 async def test_departures_are_written_in_batches_and_a_return_is_never_lost(aredis: Redis, amux: MuxRedis) -> None:
@@ -163,10 +215,15 @@ async def test_departures_are_written_in_batches_and_a_return_is_never_lost(ared
         assert await presence.locate(users) == {hub.stream_key: [back.user_id]}
         assert await aredis.smembers(online_key(hub.stream_key)) == {str(back.user_id).encode()}
         assert presence.leave_calls - writes_before <= 2  # one batch (maybe two), not 299 calls
-        # Departures still pending when the worker stops are written as it withdraws.
-        hub.remove(back)  # type: ignore[arg-type]
+        # Departures still pending when the worker stops are written as it withdraws, and so is
+        # everyone it still lists (sockets that outlived the shutdown's wait).
         await cancel_and_wait(task)  # (a plain cancel can be lost in 3.11's wait_for: see sn.tasks)
+        stuck = Socket(base + 1000)
+        hub.add(stuck)  # type: ignore[arg-type]
+        await presence.refresh([stuck.user_id], hub.stream_key)
+        hub.remove(back)  # type: ignore[arg-type]  # (no loop left to write it)
         await hub.withdraw()
-        assert await presence.locate([back.user_id]) == {}
+        assert await presence.locate([back.user_id, stuck.user_id]) == {}
+        assert not await aredis.exists(online_key(hub.stream_key))
     finally:
         await _stop(task, hub)

@@ -58,6 +58,9 @@ async def test_online_members_intersect_a_set_with_each_workers_online_users(are
     assert await presence.online_members(followers, []) == {}
     # The online set lives as long as the worker's heartbeats keep it: a crashed worker's goes.
     assert 0 < await aredis.ttl(online_key(w1)) <= 30
+    # A worker starting under a dead one's name (same node and worker name) starts empty.
+    await presence.forget_worker(w1)
+    assert await presence.online_members(followers, [w1, w2]) == {w2: [b]}
 
 
 async def test_online_members_of_a_big_worker_are_read_a_page_at_a_time(aredis: Redis, amux: MuxRedis) -> None:
