@@ -9,6 +9,7 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Collection
@@ -136,9 +137,18 @@ class SocialCache:
         swapped = False
         try:
             for start in range(0, len(loaded), self.CHUNK):
+                chunk = loaded[start : start + self.CHUNK]
+                # The EXPIRE: a load that dies half-way leaves nothing behind. On the multiplexed
+                # client when there is one: a redis-py pipeline per chunk cost ~3 ms of CPU.
+                if self._reads is not None:
+                    await asyncio.gather(
+                        self._reads.execute("SADD", staging, *chunk),
+                        self._reads.execute("EXPIRE", staging, _STAGING_TTL),
+                    )
+                    continue
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(staging, *loaded[start : start + self.CHUNK])
-                    pipe.expire(staging, _STAGING_TTL)  # a load that dies half-way leaves nothing
+                    pipe.sadd(staging, *chunk)
+                    pipe.expire(staging, _STAGING_TTL)
                     await pipe.execute()
             swapped = bool(await self._swap(keys=[key, generation_key, staging], args=[generation, self._ttl]))
         finally:
