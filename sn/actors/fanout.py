@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from sn.actors.hub import cluster_stats
 from sn.actors.live_settings import LiveSettings
 from sn.actors.messages import Event, event_to_json
 from sn.feed import FeedService
@@ -183,10 +182,10 @@ class CelebrityActor:
         )
 
     async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
-        """The author's online followers by worker stream, intersected inside Redis: each live
+        """The author's online followers by worker stream, intersected inside Redis: each
         worker's online set against the cached follower set, so 100k followers are never read
         into Python nor looked up one by one."""
-        streams = [worker.worker for worker in await cluster_stats(self._redis)]
+        streams = await self._presence.streams()
         key = self._social.followers_key(author_id)
         online = await self._presence.online_members(key, streams)
         if online is None:  # not cached: load (and cache) the list, then intersect

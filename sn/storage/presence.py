@@ -15,6 +15,7 @@ presence keys held Redis for ~330 ms and a worker's loop for ~180 ms per celebri
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,19 +34,20 @@ end
 return result
 """
 
-# KEYS[1]: the worker's online set, KEYS[2..]: presence keys; ARGV: stream, expires_at, key_ttl,
-# then the users (in KEYS order).
+# KEYS[1]: the worker's online set, KEYS[2]: the registry of workers with one, KEYS[3..]: presence
+# keys; ARGV: stream, expires_at, key_ttl, then the users (in KEYS order).
 _REFRESH = """
 local stream, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local key = KEYS[i]
   redis.call('ZADD', key, expires, stream)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', expires - 2 * ttl)
   redis.call('EXPIRE', key, ttl * 2)
 end
-if #KEYS > 1 then redis.call('SADD', KEYS[1], unpack(ARGV, 4)) end
+if #KEYS > 2 then redis.call('SADD', KEYS[1], unpack(ARGV, 4)) end
 redis.call('EXPIRE', KEYS[1], ttl)
-return #KEYS - 1
+redis.call('SADD', KEYS[2], stream)
+return #KEYS - 2
 """
 
 # KEYS[1]: the worker's online set, KEYS[2..]: the users' presence keys; ARGV: stream, then the
@@ -56,6 +58,20 @@ for i = 2, #KEYS do
 end
 redis.call('SREM', KEYS[1], unpack(ARGV, 2))
 return #KEYS - 1
+"""
+
+# KEYS[1]: the registry of workers' streams; ARGV[1]: the online sets' key prefix -> the streams
+# whose online set exists (a dead worker's expired: its entry is removed).
+_LIVE_STREAMS = """
+local live = {}
+for _, stream in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. stream) == 1 then
+    live[#live + 1] = stream
+  else
+    redis.call('SREM', KEYS[1], stream)
+  end
+end
+return live
 """
 
 # KEYS[1]: a set of user ids (an author's cached followers), KEYS[2]: a worker's online set;
@@ -77,8 +93,15 @@ def presence_key(user_id: int) -> str:
     return _KEY.format(user_id)
 
 
+ONLINE_PREFIX = "sn:presence:online:"
+# The streams of the workers that keep an online set, written with it (so a user announced on a
+# worker is always findable through this registry). A dead worker's entry goes when a reader
+# finds its online set expired.
+STREAMS_KEY = "sn:presence:streams"
+
+
 def online_key(stream: str) -> str:
-    return f"sn:presence:online:{stream}"
+    return ONLINE_PREFIX + stream
 
 
 class Presence:
@@ -96,6 +119,7 @@ class Presence:
         self._refresh = redis.script(_REFRESH)
         self._leave = redis.script(_LEAVE)
         self._online_page = redis.script(_ONLINE_PAGE)
+        self._live_streams = redis.script(_LIVE_STREAMS)
 
     async def refresh(self, users: Iterable[int], stream: str) -> int:
         """Mark ``users`` present on ``stream`` for another ttl (and keep the worker's online set)."""
@@ -105,7 +129,8 @@ class Presence:
         for start in range(0, len(ids), self.REFRESH_CHUNK):
             chunk = ids[start : start + self.REFRESH_CHUNK]
             await self._refresh(
-                keys=[online, *(presence_key(u) for u in chunk)], args=[stream, expires, int(self.ttl), *chunk]
+                keys=[online, STREAMS_KEY, *(presence_key(u) for u in chunk)],
+                args=[stream, expires, int(self.ttl), *chunk],
             )
         return len(ids)
 
@@ -121,7 +146,14 @@ class Presence:
     async def forget_worker(self, stream: str) -> None:
         """Drop ``stream``'s online set: a worker starting under the name of one that died (same
         node and worker name) must not inherit its users."""
-        await self._redis.execute("DEL", online_key(stream))
+        await asyncio.gather(
+            self._redis.execute("DEL", online_key(stream)), self._redis.execute("SREM", STREAMS_KEY, stream)
+        )
+
+    async def streams(self) -> list[str]:
+        """The streams of the workers holding users now (dead workers' entries are swept)."""
+        members = await self._live_streams(keys=[STREAMS_KEY], args=[ONLINE_PREFIX])
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def online_members(self, set_key: str, streams: Sequence[str]) -> dict[str, list[int]] | None:
         """The members of the id set at ``set_key`` online on each of ``streams`` (workers with none

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sn.actors.messages import Event, event_from_json, event_to_json
 from sn.storage import eventlog as eventlog_module
 from sn.storage.eventlog import EventLog
-from sn.storage.presence import Presence, online_key, presence_key
+from sn.storage.presence import STREAMS_KEY, Presence, online_key, presence_key
 from sn.storage.redis_mux import MuxRedis
 
 _ids = itertools.count(50_000_000)
@@ -92,7 +92,7 @@ async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> N
     script = presence._refresh
 
     async def counted(*, keys: list[str], args: list[object]) -> object:
-        calls.append(len(keys) - 1)  # (the first key is the worker's online set)
+        calls.append(len(keys) - 2)  # (the first keys: the online set and the registry)
         return await script(keys=keys, args=args)
 
     presence._refresh = counted  # type: ignore[method-assign]
@@ -102,16 +102,25 @@ async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> N
     assert await presence.locate(users) == {stream: users}
 
 
+# The two ways the routing script finds online followers: every worker's online set (few
+# workers), or each follower's presence key (many). Whichever it takes, the answer is the same.
+LOOKUPS = {"online sets": 1_000_000, "presence keys": 0}
+
+
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
 @pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_route_to_followers_is_logged_and_reaches_online_streams(
-    aredis: Redis, amux: MuxRedis, client: str
+    aredis: Redis, amux: MuxRedis, client: str, lookup: str
 ) -> None:
     presence, log = Presence(amux), EventLog(aredis, mux=amux if client == "multiplexed" else None)
-    author, online, offline = next(_ids), next(_ids), next(_ids)
-    stream = f"sn:rt:stream:test:{author}"
+    log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
+    author, online, offline, elsewhere = next(_ids), next(_ids), next(_ids), next(_ids)
+    stream, other = f"sn:rt:stream:test:{author}", f"sn:rt:stream:test:{author}:other"
     await presence.refresh([online], stream)
+    await presence.refresh([elsewhere], other)  # online, but not a follower: not a recipient
     event_id, reached = await log.route_to_followers(body(1, author), author, [online, offline])
     assert reached == 1
+    assert await aredis.xlen(other) == 0
     entries = await aredis.xrange(stream)
     assert len(entries) == 1
     fields = entries[0][1]
@@ -130,6 +139,44 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(
     replay = await log.replay(event_id - 1, {author}, limit=10)
     assert not replay.gap
     assert [eid for eid, _ in replay.events] == [event_id]
+
+
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
+async def test_a_follower_with_tabs_on_two_workers_is_routed_to_both(
+    aredis: Redis, amux: MuxRedis, lookup: str
+) -> None:
+    presence, log = Presence(amux), EventLog(aredis, mux=amux)
+    log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
+    author, follower = next(_ids), next(_ids)
+    first, second = (f"sn:rt:stream:test:{author}:{n}" for n in (1, 2))
+    await presence.refresh([follower], first)
+    await presence.refresh([follower], second)
+    _, reached = await log.route_to_followers(body(3, author), author, [follower])
+    assert reached == 2
+    assert [(await aredis.xrange(s))[0][1][b"r"] for s in (first, second)] == [str(follower).encode()] * 2
+    await presence.leave([follower], first)
+    _, reached = await log.route_to_followers(body(4, author), author, [follower])
+    assert reached == 1
+    assert (await aredis.xlen(first), await aredis.xlen(second)) == (1, 2)
+
+
+async def test_a_dead_workers_registration_is_swept_when_its_online_set_is_gone(aredis: Redis, amux: MuxRedis) -> None:
+    presence, log = Presence(amux, ttl_seconds=30), EventLog(aredis, mux=amux)
+    log.ONLINE_SET_MAX_WORKERS = LOOKUPS["online sets"]
+    author, follower = next(_ids), next(_ids)
+    alive, dead = f"sn:rt:stream:test:{author}:alive", f"sn:rt:stream:test:{author}:dead"
+    await presence.refresh([follower], alive)
+    await presence.refresh([follower], dead)
+    assert {alive, dead} <= set(await presence.streams())
+    await aredis.delete(online_key(dead))  # what its TTL does once a crashed worker stops refreshing
+    _, reached = await log.route_to_followers(body(5, author), author, [follower])
+    assert reached == 1
+    assert not await aredis.sismember(STREAMS_KEY, dead)  # swept by the routing script
+    await aredis.sadd(STREAMS_KEY, dead)
+    assert dead not in await presence.streams()  # ...and by the celebrity's listing
+    assert not await aredis.sismember(STREAMS_KEY, dead)
+    await presence.forget_worker(alive)  # a worker that stops (or starts) leaves the registry
+    assert alive not in await presence.streams()
 
 
 @pytest.fixture(params=["redis-py", "multiplexed"])
