@@ -106,7 +106,11 @@ class Services:
         post_cache = PostCache(redis, ttl_seconds=settings.post_cache_ttl_seconds, reads=mux)
         feeds = FeedCache(redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, mux=mux)
         author_posts = FeedCache(
-            redis, size=settings.feed_cache_size, ttl_seconds=settings.feed_cache_ttl_seconds, prefix="sn:authorposts:"
+            redis,
+            size=settings.feed_cache_size,
+            ttl_seconds=settings.feed_cache_ttl_seconds,
+            mux=mux,
+            prefix="sn:authorposts:",
         )
         social = SocialCache(redis, friends, reads=mux)
         live = LiveSettings(
@@ -131,7 +135,7 @@ class Services:
         worker_name = os.environ.get("SANIC_WORKER_NAME", f"pid-{os.getpid()}")
         bus = create_bus(settings, redis, consumer=f"{node_id}:{worker_name}")
         presence = Presence(mux)
-        eventlog = EventLog(redis, mux=mux)
+        eventlog = EventLog(mux)
         hub = Hub(
             redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
         )

@@ -24,9 +24,9 @@ _post_encoder = msgspec.json.Encoder()
 
 
 class PostCache:
-    def __init__(self, redis: Redis, *, ttl_seconds: int, reads: MuxRedis | None = None) -> None:
+    def __init__(self, redis: Redis, *, ttl_seconds: int, reads: MuxRedis) -> None:
         self._redis = redis
-        # Reads on the request path go through the multiplexed client when there is one.
+        # Reads are on the request path: the multiplexed client (writes are rarer: redis-py).
         self._reads = reads
         self._ttl = ttl_seconds
 
@@ -42,18 +42,12 @@ class PostCache:
             return [None] * len(post_ids)
         if not post_ids:
             return []
-        keys = [_POST_KEY.format(p) for p in post_ids]
-        if self._reads is not None:
-            return await self._reads.mget(keys)
-        raw: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
-        return raw
+        return await self._reads.mget([_POST_KEY.format(p) for p in post_ids])
 
     async def get_raw(self, post_id: int) -> bytes | None:
         if self._ttl <= 0:
             return None
-        key = _POST_KEY.format(post_id)
-        value = await (self._reads.get(key) if self._reads is not None else self._redis.get(key))
-        return value if isinstance(value, bytes) else None
+        return await self._reads.get(_POST_KEY.format(post_id))
 
     async def put_many(self, posts: Sequence[Post]) -> None:
         if not posts or self._ttl <= 0:
@@ -83,7 +77,7 @@ class ProfileCache:
         ttl_seconds: int,
         local_size: int = 0,
         local_seconds: float = 0.0,
-        reads: MuxRedis | None = None,
+        reads: MuxRedis,
     ) -> None:
         self._redis = redis
         self._reads = reads
@@ -108,9 +102,8 @@ class ProfileCache:
             if local[0] > time.monotonic():
                 return local[1]
             del self._local[user_id]
-        key = _USER_KEY.format(user_id)
-        value = await (self._reads.get(key) if self._reads is not None else self._redis.get(key))
-        if not isinstance(value, bytes):
+        value = await self._reads.get(_USER_KEY.format(user_id))
+        if value is None:
             return None
         self._remember(user_id, value)
         return value

@@ -18,13 +18,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from redis.asyncio import Redis
 
 from sn.storage.log_tail import LogEntry, LogTail
 from sn.storage.presence import ONLINE_PREFIX, STREAMS_KEY, presence_key
-from sn.storage.redis_mux import Arg, MuxRedis, OrderedScript
+from sn.storage.redis_mux import Arg, MuxRedis, ScriptCall
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
@@ -114,28 +111,26 @@ class EventLog:
 
     def __init__(
         self,
-        redis: Redis,
+        mux: MuxRedis,
         *,
         log_maxlen: int = 100_000,
         stream_maxlen: int = 10_000,
         max_age_seconds: float = 600,
-        mux: MuxRedis | None = None,
     ) -> None:
-        self._redis = redis
         # Replays (once per reconnecting socket) and fan-out routing (all chunks in one write)
-        # use the multiplexed client when there is one.
+        # share the worker's multiplexed connection.
         self._mux = mux
         self._log_maxlen = log_maxlen
         self._stream_maxlen = stream_maxlen
         self._max_age_ms = int(max_age_seconds * 1000)
         # Replays read the log through this worker's copy of its tail (see log_tail).
         self._tail = LogTail(self._read_log, max_age_ms=self._max_age_ms)
-        self._route = redis.register_script(_ROUTE)
-        self._route_followers = OrderedScript(redis, mux, _ROUTE_FOLLOWERS)
+        self._route = mux.script(_ROUTE)
+        self._route_followers = mux.script(_ROUTE_FOLLOWERS)
 
     async def route(self, body: bytes, author_id: int, deliveries: Mapping[str, Sequence[int]]) -> int:
         streams = list(deliveries)
-        args: list[bytes | str | int] = [
+        args: list[Arg] = [
             body,
             author_id,
             int(time.time() * 1000),
@@ -149,7 +144,7 @@ class EventLog:
         """Log the event and deliver it to the online ones among `followers` in one atomic step
         per chunk; returns (last event id, sockets' users reached)."""
         now = time.time()
-        calls: list[tuple[list[str], list[Arg]]] = []
+        calls: list[ScriptCall] = []
         # Chunked so one script never blocks Redis for long; an empty list still logs the event.
         for start in range(0, max(len(followers), 1), self.ROUTE_CHUNK):
             chunk = followers[start : start + self.ROUTE_CHUNK]
@@ -164,8 +159,9 @@ class EventLog:
                 ONLINE_PREFIX,
                 *chunk,
             ]
-            calls.append(([LOG_KEY, COUNTER_KEY, STREAMS_KEY, *(presence_key(f) for f in chunk)], args))
-        results = await self._route_followers.run(calls)
+            keys = [LOG_KEY, COUNTER_KEY, STREAMS_KEY, *(presence_key(f) for f in chunk)]
+            calls.append(self._route_followers.call(keys, args))
+        results = await self._mux.run_scripts(calls)
         return int(results[-1][0]), sum(int(result[1]) for result in results)
 
     async def replay(
@@ -219,14 +215,8 @@ class EventLog:
         ]
 
     async def _get(self, key: str) -> bytes | None:
-        if self._mux is not None:
-            return await self._mux.get(key)
-        value = await self._redis.get(key)
-        return value if isinstance(value, bytes) else None
+        return await self._mux.get(key)
 
     async def _xrange(self, low: str, high: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        if self._mux is None:
-            entries: Any = await self._redis.xrange(LOG_KEY, min=low, max=high, count=count)
-            return list(entries)
         raw = await self._mux.execute("XRANGE", LOG_KEY, low, high, "COUNT", count)
         return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in raw]

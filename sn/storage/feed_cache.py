@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from sn.storage.redis_mux import Arg, MuxRedis, OrderedScript
+from sn.storage.redis_mux import Arg, MuxRedis
 
 COMPLETE = "0000000000000000000"
 BUILDING = "0000000000000000001"
@@ -140,18 +140,17 @@ class FeedCache:
     # amortise round trips, small enough that one call never blocks Redis for long.
     CHUNK = 500
 
-    def __init__(
-        self, redis: Redis, *, size: int, ttl_seconds: int, prefix: str = "sn:feed:", mux: MuxRedis | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, *, size: int, ttl_seconds: int, mux: MuxRedis, prefix: str = "sn:feed:") -> None:
         # The same structure also caches each author's own newest posts (prefix
         # "sn:authorposts:"), which feed reads merge in for celebrities.
         self._prefix = prefix
         self._redis = redis
         self._size = size
         self._ttl = ttl_seconds
-        # A fan-out's chunks go out in one write on the multiplexed client when there is one.
-        self._add = OrderedScript(redis, mux, _ADD)
-        self._remove = OrderedScript(redis, mux, _REMOVE)
+        # A fan-out's chunks go out in one write on the multiplexed client, run in order.
+        self._mux = mux
+        self._add = mux.script(_ADD)
+        self._remove = mux.script(_REMOVE)
         self._commit = redis.register_script(_COMMIT)
 
     @property
@@ -204,7 +203,8 @@ class FeedCache:
         args: list[Arg] = [member(post_id, author_id), str(self._size)]
         keys = [self.key(r) for r in recipients]
         tombstone = _TOMBSTONE.format(post_id)
-        results = await self._add.run([([tombstone, *chunk], args) for chunk in _chunks(keys, self.CHUNK)])
+        calls = [self._add.call([tombstone, *chunk], args) for chunk in _chunks(keys, self.CHUNK)]
+        results = await self._mux.run_scripts(calls)
         return sum(int(result) for result in results)
 
     async def remove_posts(self, recipients: Iterable[int], posts: Sequence[tuple[int, int]]) -> int:
@@ -219,7 +219,7 @@ class FeedCache:
             await pipe.execute()
         values: list[Arg] = [member(p, a) for p, a in posts]
         keys = [self.key(r) for r in recipients]
-        results = await self._remove.run([(chunk, values) for chunk in _chunks(keys, self.CHUNK)])
+        results = await self._mux.run_scripts([self._remove.call(chunk, values) for chunk in _chunks(keys, self.CHUNK)])
         return sum(int(result) for result in results)
 
     async def invalidate(self, user_id: int) -> None:

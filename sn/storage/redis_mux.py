@@ -30,7 +30,6 @@ from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
-from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -290,22 +289,6 @@ class MuxScript:
             pass
         await self._redis.execute("SCRIPT", "LOAD", self.source)
         return await self._redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-
-
-class OrderedScript:
-    """One Lua script run over a list of calls, in order: in one write and one round trip on the
-    multiplexed client when there is one (the server), else one redis-py call after another
-    (tests and tools that have only redis-py)."""
-
-    def __init__(self, redis: Redis, mux: MuxRedis | None, source: str) -> None:
-        self._single = redis.register_script(source)
-        self._mux = mux
-        self._batched = mux.script(source) if mux is not None else None
-
-    async def run(self, calls: Sequence[tuple[list[str], list[Arg]]]) -> list[Any]:
-        if self._mux is not None and self._batched is not None:
-            return await self._mux.run_scripts([self._batched.call(keys, args) for keys, args in calls])
-        return [await self._single(keys=keys, args=args) for keys, args in calls]
 
 
 class ScriptCall(NamedTuple):

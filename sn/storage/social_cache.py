@@ -85,30 +85,20 @@ return 1
 """
 
 
-def _script(redis: Redis | MuxRedis, source: str) -> Callable[..., Awaitable[Any]]:
-    if isinstance(redis, MuxRedis):
-        return redis.script(source)
-    return redis.register_script(source)
-
-
 class SocialCache:
     CHUNK = 1000  # members per Redis command when a list is big
 
-    def __init__(
-        self, redis: Redis, friends: FriendRepository, *, ttl_seconds: int = 3600, reads: MuxRedis | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, friends: FriendRepository, *, reads: MuxRedis, ttl_seconds: int = 3600) -> None:
         self._redis = redis
-        # Cached-list reads (every reconnect with `since`, every fan-out) on the multiplexed client.
+        # Cached-list reads (every reconnect with `since`, every fan-out) and the scripts run on
+        # every cache miss of a list are on the multiplexed client.
         self._reads = reads
         self._friends = friends
         self._ttl = ttl_seconds
         self._celebrities_followed = redis.register_script(_CELEBRITIES_FOLLOWED)
-        # Run on every cache miss of a list (each reconnect of a user never seen before): on the
-        # multiplexed connection when there is one.
-        scripts: Redis | MuxRedis = reads if reads is not None else redis
-        self._store = _script(scripts, _STORE_IF_CURRENT)
-        self._swap = _script(scripts, _SWAP_IF_CURRENT)
-        self._followed_among = _script(scripts, _FOLLOWED_AMONG)
+        self._store = reads.script(_STORE_IF_CURRENT)
+        self._swap = reads.script(_SWAP_IF_CURRENT)
+        self._followed_among = reads.script(_FOLLOWED_AMONG)
 
     async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
@@ -123,9 +113,7 @@ class SocialCache:
         if members:
             return [int(m) for m in members if m != b"0"], False
         generation_key = f"{key}:gen"
-        raw_generation = await (
-            self._reads.get(generation_key) if self._reads is not None else self._redis.get(generation_key)
-        )
+        raw_generation = await self._reads.get(generation_key)
         generation = raw_generation.decode() if isinstance(raw_generation, bytes) else ""
         loaded = await load()
         if len(loaded) <= self.CHUNK:
@@ -138,18 +126,12 @@ class SocialCache:
         try:
             for start in range(0, len(loaded), self.CHUNK):
                 chunk = loaded[start : start + self.CHUNK]
-                # The EXPIRE: a load that dies half-way leaves nothing behind. On the multiplexed
-                # client when there is one: a redis-py pipeline per chunk cost ~3 ms of CPU.
-                if self._reads is not None:
-                    await asyncio.gather(
-                        self._reads.execute("SADD", staging, *chunk),
-                        self._reads.execute("EXPIRE", staging, _STAGING_TTL),
-                    )
-                    continue
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(staging, *chunk)
-                    pipe.expire(staging, _STAGING_TTL)
-                    await pipe.execute()
+                # The EXPIRE: a load that dies half-way leaves nothing behind. Both in one write
+                # on the multiplexed client (a redis-py pipeline per chunk cost ~3 ms of CPU).
+                await asyncio.gather(
+                    self._reads.execute("SADD", staging, *chunk),
+                    self._reads.execute("EXPIRE", staging, _STAGING_TTL),
+                )
             swapped = bool(await self._swap(keys=[key, generation_key, staging], args=[generation, self._ttl]))
         finally:
             if not swapped:
@@ -159,8 +141,6 @@ class SocialCache:
 
     async def _read_set(self, key: str) -> list[bytes]:
         """SMEMBERS, but a big set is read in SSCAN pages so Redis never serialises it in one reply."""
-        if self._reads is None:
-            return list(await self._redis.smembers(key))  # type: ignore[arg-type]
         size = int(await self._reads.execute("SCARD", key))
         if size <= self.CHUNK:
             return list(await self._reads.execute("SMEMBERS", key))

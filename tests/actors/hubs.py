@@ -19,7 +19,7 @@ def make_hub(aredis: Redis, amux: MuxRedis) -> Hub:
     return Hub(
         aredis,
         Presence(amux),
-        EventLog(aredis),
+        EventLog(amux),
         node_id="test",
         worker_name=uuid.uuid4().hex[:8],
         followed_among=followed_among,

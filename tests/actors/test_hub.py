@@ -48,7 +48,7 @@ def make_hub(aredis: Redis, presence: Presence) -> Hub:
     return Hub(
         aredis,
         presence,
-        EventLog(aredis),
+        EventLog(presence._redis),  # (unused by these tests: the same client as presence)
         node_id="test",
         worker_name=uuid.uuid4().hex[:8],
         followed_among=followed_among,

@@ -13,10 +13,9 @@ from sn.storage.redis_mux import MuxRedis
 _user_ids = itertools.count(10_000_000)
 
 
-@pytest.fixture(params=["redis-py", "multiplexed"])
-def cache(request: pytest.FixtureRequest, aredis: Redis, amux: MuxRedis) -> FeedCache:
-    """Fan-out writes through redis-py (one call per chunk) or the multiplexed client (one batch)."""
-    return FeedCache(aredis, size=10, ttl_seconds=60, mux=amux if request.param == "multiplexed" else None)
+@pytest.fixture
+def cache(aredis: Redis, amux: MuxRedis) -> FeedCache:
+    return FeedCache(aredis, size=10, ttl_seconds=60, mux=amux)
 
 
 def keys(*ids: int) -> list[tuple[int, int]]:

@@ -21,8 +21,8 @@ _user_ids = itertools.count(20_000_000)
 
 
 @pytest.fixture
-def feeds(aredis: Redis) -> FeedCache:
-    return FeedCache(aredis, size=10, ttl_seconds=60, prefix=_FEEDS)
+def feeds(aredis: Redis, amux: MuxRedis) -> FeedCache:
+    return FeedCache(aredis, size=10, ttl_seconds=60, mux=amux, prefix=_FEEDS)
 
 
 @pytest.fixture

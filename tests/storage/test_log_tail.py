@@ -143,7 +143,7 @@ def _body(post: int, by: int) -> bytes:
 
 
 async def test_replays_through_the_copy_match_the_log_in_redis(aredis: Redis, amux: MuxRedis) -> None:
-    log = EventLog(aredis, mux=amux)
+    log = EventLog(amux)
     author, other = next(_authors), next(_authors)
 
     start, _ = await log.route_to_followers(_body(1, author), author, [])
@@ -161,7 +161,7 @@ async def test_replays_notice_that_redis_lost_the_log(
     suffix = next(_authors)
     monkeypatch.setattr(eventlog_module, "LOG_KEY", f"t:rt:log:{suffix}")
     monkeypatch.setattr(eventlog_module, "COUNTER_KEY", f"t:rt:seq:{suffix}")
-    log = EventLog(aredis, mux=amux)
+    log = EventLog(amux)
     before, after = next(_authors), next(_authors)
     for post in range(1, 4):
         await log.route_to_followers(_body(post, before), before, [])

@@ -108,11 +108,10 @@ LOOKUPS = {"online sets": 1_000_000, "presence keys": 0}
 
 
 @pytest.mark.parametrize("lookup", list(LOOKUPS))
-@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_route_to_followers_is_logged_and_reaches_online_streams(
-    aredis: Redis, amux: MuxRedis, client: str, lookup: str
+    aredis: Redis, amux: MuxRedis, lookup: str
 ) -> None:
-    presence, log = Presence(amux), EventLog(aredis, mux=amux if client == "multiplexed" else None)
+    presence, log = Presence(amux), EventLog(amux)
     log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
     author, online, offline, elsewhere = next(_ids), next(_ids), next(_ids), next(_ids)
     stream, other = f"sn:rt:stream:test:{author}", f"sn:rt:stream:test:{author}:other"
@@ -145,7 +144,7 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(
 async def test_a_follower_with_tabs_on_two_workers_is_routed_to_both(
     aredis: Redis, amux: MuxRedis, lookup: str
 ) -> None:
-    presence, log = Presence(amux), EventLog(aredis, mux=amux)
+    presence, log = Presence(amux), EventLog(amux)
     log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
     author, follower = next(_ids), next(_ids)
     first, second = (f"sn:rt:stream:test:{author}:{n}" for n in (1, 2))
@@ -161,7 +160,7 @@ async def test_a_follower_with_tabs_on_two_workers_is_routed_to_both(
 
 
 async def test_a_dead_workers_registration_is_swept_when_its_online_set_is_gone(aredis: Redis, amux: MuxRedis) -> None:
-    presence, log = Presence(amux, ttl_seconds=30), EventLog(aredis, mux=amux)
+    presence, log = Presence(amux, ttl_seconds=30), EventLog(amux)
     log.ONLINE_SET_MAX_WORKERS = LOOKUPS["online sets"]
     author, follower = next(_ids), next(_ids)
     alive, dead = f"sn:rt:stream:test:{author}:alive", f"sn:rt:stream:test:{author}:dead"
@@ -179,10 +178,9 @@ async def test_a_dead_workers_registration_is_swept_when_its_online_set_is_gone(
     assert alive not in await presence.streams()
 
 
-@pytest.fixture(params=["redis-py", "multiplexed"])
-def replay_log(request: pytest.FixtureRequest, aredis: Redis, amux: MuxRedis) -> EventLog:
-    """An EventLog reading replays through redis-py or through the multiplexed client (the server's)."""
-    return EventLog(aredis, mux=amux if request.param == "multiplexed" else None)
+@pytest.fixture
+def replay_log(amux: MuxRedis) -> EventLog:
+    return EventLog(amux)
 
 
 async def test_replay_filters_by_author_and_detects_gaps(replay_log: EventLog) -> None:

@@ -6,6 +6,7 @@ from redis.asyncio import Redis
 
 from sn.models import User
 from sn.storage.cache import ProfileCache
+from sn.storage.redis_mux import MuxRedis
 
 
 def _user(user_id: int) -> User:
@@ -21,8 +22,8 @@ def _user(user_id: int) -> User:
     )
 
 
-async def test_local_layer_serves_without_redis_and_forget_clears_it(aredis: Redis) -> None:
-    cache = ProfileCache(aredis, ttl_seconds=60, local_size=2, local_seconds=30)
+async def test_local_layer_serves_without_redis_and_forget_clears_it(aredis: Redis, amux: MuxRedis) -> None:
+    cache = ProfileCache(aredis, ttl_seconds=60, local_size=2, local_seconds=30, reads=amux)
     encoded = await cache.put(_user(7_000_001))
     await aredis.delete("sn:user:7000001")  # gone from Redis: the worker's copy still answers
     assert await cache.get_raw(7_000_001) == encoded
@@ -30,8 +31,8 @@ async def test_local_layer_serves_without_redis_and_forget_clears_it(aredis: Red
     assert await cache.get_raw(7_000_001) is None
 
 
-async def test_local_layer_is_bounded_and_expires(aredis: Redis) -> None:
-    cache = ProfileCache(aredis, ttl_seconds=60, local_size=2, local_seconds=0.05)
+async def test_local_layer_is_bounded_and_expires(aredis: Redis, amux: MuxRedis) -> None:
+    cache = ProfileCache(aredis, ttl_seconds=60, local_size=2, local_seconds=0.05, reads=amux)
     for user_id in (7_000_011, 7_000_012, 7_000_013):
         await cache.put(_user(user_id))
     assert len(cache._local) == 2

@@ -34,12 +34,11 @@ async def _author_with_followers(pool: asyncpg.Pool, count: int) -> tuple[int, l
 
 
 @pytest.mark.parametrize("count", [0, 3, 2_500], ids=["nobody", "few", "celebrity"])
-@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_followers_are_loaded_cached_and_read_back(
-    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int, client: str
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int
 ) -> None:
     author, expected = await _author_with_followers(pool, count)
-    social = SocialCache(aredis, FriendRepository(pool), reads=amux if client == "multiplexed" else None)
+    social = SocialCache(aredis, FriendRepository(pool), reads=amux)
     # Small pages so the celebrity case crosses several of them (keyset pagination, SSCAN).
     social.CHUNK = 400
     loaded = await social.followers(author)
@@ -61,12 +60,11 @@ async def test_follower_pages_cover_every_row(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.parametrize("count", [3, 2_500], ids=["few", "celebrity"])
-@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
-    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int, client: str
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int
 ) -> None:
     author, before = await _author_with_followers(pool, count)
-    social = SocialCache(aredis, FriendRepository(pool), reads=amux if client == "multiplexed" else None)
+    social = SocialCache(aredis, FriendRepository(pool), reads=amux)
     social.CHUNK = 400
     newcomer = _ids.next_id()
     key = f"sn:followers:{author}"
@@ -85,12 +83,11 @@ async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
     assert newcomer in await social.followers(author)  # the next read loads the current list
 
 
-@pytest.mark.parametrize("client", ["redis-py", "multiplexed"])
 async def test_which_authors_a_reader_follows_comes_from_whichever_cache_answers(
-    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, client: str
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis
 ) -> None:
     friends = FriendRepository(pool)
-    social = SocialCache(aredis, friends, reads=amux if client == "multiplexed" else None)
+    social = SocialCache(aredis, friends, reads=amux)
     reader, followed, other = _ids.next_id(), _ids.next_id(), _ids.next_id()
     await friends.follow(reader, followed)
     assert await social.followed_among(reader, set()) == set()
