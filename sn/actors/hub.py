@@ -313,12 +313,13 @@ class Hub:
 
     async def withdraw(self) -> None:
         """Leave the cluster (the worker is stopping): every user it still lists (departures not
-        yet written, sockets that outlived the shutdown's wait), its online set, its stats."""
+        yet written, sockets that outlived the shutdown's wait), then its stats. Its online set,
+        emptied by those departures, is gone with them. (Not deleted outright: a replacement
+        started under the same name may already be filling it.)"""
         try:
             self._pending_leaves |= set(self._by_user)
             if self._pending_leaves:
                 await self._store_leaves()
-            await self._presence.forget_worker(self.stream_key)
         finally:
             await self._redis.hdel(WORKERS_KEY, self.stream_key)
 

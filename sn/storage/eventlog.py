@@ -46,10 +46,12 @@ return id
 # ids (same order as their keys).
 # Presence is looked up inside the script: a socket registered before it runs gets the event
 # live, one registered after finds it in the log when it replays. No window loses an event.
-# Two ways to look it up, the same answer: with few workers, one SMISMEMBER of the whole chunk per
-# worker's online set (about 0.6 us of Redis per follower and worker); with many, one
-# ZRANGEBYSCORE per follower's presence key (about 7.5 us per follower: 75 ms of Redis time for a
-# 10k-follower post, during which every other command waits).
+# Two ways to look it up: with few workers, one SMISMEMBER of the whole chunk per worker's online
+# set (about 0.6 us of Redis per follower and worker); with many, one ZRANGEBYSCORE per
+# follower's presence key (about 7.5 us per follower: 75 ms of Redis time for a 10k-follower
+# post, during which every other command waits). They differ only for a user whose departure was
+# never written: the online set keeps them until their worker's set expires, the presence key
+# until its entry does; the worker holding no socket for them drops the event either way.
 _ROUTE_FOLLOWERS = """
 local id = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id .. '-1', 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])

@@ -1,4 +1,4 @@
-"""A multiplexed Redis client for the request path's hot reads.
+"""A multiplexed Redis client for the request path's hot reads and the fan-out's scripts.
 
 redis-py's asyncio client takes a connection from a pool for every command, wraps it in
 timeouts and retries and awaits a stream reader: on a cached feed read that was a third of the
@@ -7,9 +7,10 @@ connection: a command is packed (hiredis), written to the transport and answered
 through a future, so concurrent requests pipeline on the wire for free and a command costs a
 few microseconds of Python. This is what Zulip's and other high-fan-in servers do with Redis.
 
-Only simple commands go through it (GET, MGET, EVALSHA of read scripts); everything that needs
-transactions, blocking reads or pub/sub keeps using redis-py. Errors use redis-py's exception
-classes, so the API maps them to 503 exactly like the rest:
+Only commands that answer at once go through it (GET, MGET, SSCAN, EVALSHA of the feed-cache,
+routing and presence scripts, batched with `run_scripts`); blocking stream reads, transactions
+and pub/sub stay on redis-py. Errors use redis-py's exception classes, so the API maps them to
+503 exactly like the rest:
 
 - a refused or dropped connection fails every command in flight with ``ConnectionError``; the
   next command reconnects;
@@ -169,6 +170,18 @@ class MuxRedis:
         if protocol is None or protocol.closed:
             protocol = await self._connected()
         return await protocol.send(_pack(args))
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Commands in one write, run by Redis in this order with nothing in between."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connected()
+        futures = protocol.send_many([_pack(tuple(command)) for command in commands])
+        results: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
     async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run script calls in one write and one round trip, in order.

@@ -9,7 +9,6 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Collection
@@ -128,10 +127,7 @@ class SocialCache:
                 chunk = loaded[start : start + self.CHUNK]
                 # The EXPIRE: a load that dies half-way leaves nothing behind. Both in one write
                 # on the multiplexed client (a redis-py pipeline per chunk cost ~3 ms of CPU).
-                await asyncio.gather(
-                    self._reads.execute("SADD", staging, *chunk),
-                    self._reads.execute("EXPIRE", staging, _STAGING_TTL),
-                )
+                await self._reads.execute_many([("SADD", staging, *chunk), ("EXPIRE", staging, _STAGING_TTL)])
             swapped = bool(await self._swap(keys=[key, generation_key, staging], args=[generation, self._ttl]))
         finally:
             if not swapped:

@@ -117,7 +117,7 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(
     stream, other = f"sn:rt:stream:test:{author}", f"sn:rt:stream:test:{author}:other"
     await presence.refresh([online], stream)
     await presence.refresh([elsewhere], other)  # online, but not a follower: not a recipient
-    event_id, reached = await log.route_to_followers(body(1, author), author, [online, offline])
+    event_id, reached = await log.route_to_followers(body(1, author), author, [offline, online])
     assert reached == 1
     assert await aredis.xlen(other) == 0
     entries = await aredis.xrange(stream)
@@ -128,11 +128,14 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(
     assert event_from_json(fields[b"b"]).post_id == "1"
     # Followers beyond one chunk: the chunks' calls go out together and count together.
     many = [next(_ids) for _ in range(EventLog.ROUTE_CHUNK * 2 + 5)]
-    await presence.refresh(many[:: EventLog.ROUTE_CHUNK], stream)  # one online in each chunk
+    # One online follower in each chunk: the first of one, the last of another, one in the middle.
+    picked = [many[0], many[2 * EventLog.ROUTE_CHUNK - 1], many[-3]]
+    await presence.refresh(picked, stream)
     later_id, reached = await log.route_to_followers(body(2, author), author, many)
     assert reached == 3
     assert later_id > event_id
-    assert [int(f[b"e"]) for _, f in (await aredis.xrange(stream))[1:]] == [later_id - 2, later_id - 1, later_id]
+    routed = [(int(f[b"e"]), f[b"r"]) for _, f in (await aredis.xrange(stream))[1:]]
+    assert routed == [(later_id - 2 + n, str(user).encode()) for n, user in enumerate(picked)]
     event_id = later_id
     # The event is in the log for whoever reconnects.
     replay = await log.replay(event_id - 1, {author}, limit=10)
