@@ -243,6 +243,7 @@ class Services:
     async def close(self) -> None:
         for loop in self.loops:
             await loop.stop()
+        await self.celebrity.stop()
         await self.relay.stop()
         await self.bus.close()
         try:

@@ -6,6 +6,9 @@ follower_id) answers "who follows X" on X's shard, which is what a fan-out reads
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import asyncpg
 
 from sn.pipeline.events import FollowEvent
@@ -50,12 +53,15 @@ class FriendRepository:
         rows = await self._pool.fetch("SELECT friend_id FROM friendships WHERE user_id = $1", user_id)
         return [row["friend_id"] for row in rows]
 
-    async def followers(self, author_id: int, *, page: int = 10_000) -> list[int]:
+    async def followers(self, author_id: int, *, page: int = 10_000, pause: float = 0.0) -> list[int]:
         """Every follower, read in keyset pages: a celebrity's 100k rows decoded in one go would
-        hold the worker's event loop (and every request on it) for tens of milliseconds."""
+        hold the worker's event loop (and every request on it) for tens of milliseconds. With a
+        ``pause``, the pages are spread out (a background load that must not compete with requests)."""
         found: list[int] = []
         after = -(1 << 63)
         while True:
+            if found and pause:
+                await asyncio.sleep(pause)
             rows = await self._pool.fetch(
                 "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id > $2"
                 " ORDER BY follower_id LIMIT $3",
@@ -67,6 +73,15 @@ class FriendRepository:
             if len(rows) < page:
                 return found
             after = rows[-1][0]
+
+    async def followers_among(self, author_id: int, candidates: Sequence[int]) -> list[int]:
+        """Which of ``candidates`` follow the author: index lookups, however many followers."""
+        rows = await self._pool.fetch(
+            "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id = ANY($2::bigint[])",
+            author_id,
+            list(candidates),
+        )
+        return [row[0] for row in rows]
 
     async def follower_count(self, author_id: int) -> int:
         value = await self._pool.fetchval("SELECT count(*) FROM followers WHERE author_id = $1", author_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from sn.storage.redis_mux import MuxRedis
 
@@ -154,6 +154,19 @@ class Presence:
         """The streams of the workers holding users now (dead workers' entries are swept)."""
         members = await self._live_streams(keys=[STREAMS_KEY], args=[ONLINE_PREFIX])
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def online_users(self, stream: str) -> AsyncIterator[list[int]]:
+        """The users online on ``stream``, a page at a time (SSCAN: no long command)."""
+        seen: set[int] = set()  # (SSCAN may return a member twice)
+        cursor: bytes | str = "0"
+        while True:
+            cursor, page = await self._redis.execute("SSCAN", online_key(stream), cursor, "COUNT", self.CHUNK)
+            users = [user for user in map(int, page) if user not in seen]
+            seen.update(users)
+            if users:
+                yield users
+            if cursor in (b"0", "0"):
+                return
 
     async def online_members(self, set_key: str, streams: Sequence[str]) -> dict[str, list[int]] | None:
         """The members of the id set at ``set_key`` online on each of ``streams`` (workers with none

@@ -9,9 +9,10 @@ member so an empty list is still a cached answer. Counts live in one sorted set
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -99,7 +100,9 @@ class SocialCache:
         self._swap = reads.script(_SWAP_IF_CURRENT)
         self._followed_among = reads.script(_FOLLOWED_AMONG)
 
-    async def _cached_list(self, key: str, load: Callable[[], Awaitable[list[int]]]) -> tuple[list[int], bool]:
+    async def _cached_list(
+        self, key: str, load: Callable[[], Awaitable[list[int]]], *, pause: float = 0.0
+    ) -> tuple[list[int], bool]:
         """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
 
         A follow or unfollow while the list is being loaded would otherwise be undone: the loader
@@ -124,6 +127,8 @@ class SocialCache:
         swapped = False
         try:
             for start in range(0, len(loaded), self.CHUNK):
+                if start and pause:
+                    await asyncio.sleep(pause / 10)
                 chunk = loaded[start : start + self.CHUNK]
                 # The EXPIRE: a load that dies half-way leaves nothing behind. Both in one write
                 # on the multiplexed client (a redis-py pipeline per chunk cost ~3 ms of CPU).
@@ -168,6 +173,17 @@ class SocialCache:
         if loaded:  # a fresh count for free
             await self._redis.zadd(COUNTS_KEY, {str(author_id): len(followers)})
         return followers
+
+    async def followers_among_uncached(self, author_id: int, candidates: Sequence[int]) -> list[int]:
+        """Which of ``candidates`` follow the author, asked of the database (the list is not cached)."""
+        return await self._friends.followers_among(author_id, candidates)
+
+    async def warm_followers(self, author_id: int, *, pause: float = 0.05) -> None:
+        """Load and cache the author's follower list in the background, spread out so that it
+        does not compete with requests (a celebrity's 100k rows and 100 Redis writes)."""
+        await self._cached_list(
+            _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id, pause=pause), pause=pause
+        )
 
     async def following(self, user_id: int) -> list[int]:
         following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import redis
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -337,7 +338,11 @@ async def test_slow_consumer_is_closed_and_others_unaffected(
 
 
 async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
-    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+    server: ServerProcess,
+    client: httpx.Client,
+    make_user: Callable[..., User],
+    sockets: list[ClientConnection],
+    redis_client: redis.Redis,
 ) -> None:
     admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
     celebrity, normal_author, fan = make_user(), make_user(), make_user()
@@ -382,6 +387,13 @@ async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
         # Pull on read: the post is in followers' feeds without having been copied into them.
         feed = client.get("/post/feed", headers=followers[0].auth).json()
         assert feed[0]["id"] == celebrity_post
+
+        # The first post found its audience through the database and cached the follower list
+        # in the background; the next one finds it cached (intersected inside Redis).
+        eventually(lambda: redis_client.scard(f"sn:followers:{celebrity.id}") == 7 or None, timeout=5)
+        second = post(client, celebrity, "and again")
+        for ws in sockets[:6]:
+            assert (await recv_type(ws, "post_created", timeout=10))["data"]["post_id"] == second
     finally:
         client.post(
             "/celebrity-settings",

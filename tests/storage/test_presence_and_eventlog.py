@@ -83,6 +83,17 @@ async def test_online_members_of_a_big_worker_are_read_a_page_at_a_time(aredis: 
     assert await presence.online_members(followers, [stream]) is None
 
 
+async def test_a_workers_online_users_are_listed_a_page_at_a_time(amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
+    stream = f"stream:{next(_ids)}"
+    users = [next(_ids) for _ in range(Presence.CHUNK * 2 + 7)]
+    await presence.refresh(users, stream)
+    pages = [page async for page in presence.online_users(stream)]
+    assert len(pages) >= 2
+    assert sorted(u for page in pages for u in page) == sorted(users)
+    assert [page async for page in presence.online_users(f"stream:{next(_ids)}")] == []
+
+
 async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> None:
     """A big refresh is split so that no single script holds Redis for long."""
     presence = Presence(amux, ttl_seconds=30)

@@ -59,6 +59,28 @@ async def test_follower_pages_cover_every_row(pool: asyncpg.Pool) -> None:
     assert sorted(await FriendRepository(pool).followers(author, page=1_001)) == sorted(expected)
 
 
+async def test_which_candidates_follow_is_answered_by_the_database(pool: asyncpg.Pool) -> None:
+    author, followers = await _author_with_followers(pool, 50)
+    strangers = [_ids.next_id() for _ in range(20)]
+    found = await FriendRepository(pool).followers_among(author, [*followers[::5], *strangers])
+    assert sorted(found) == sorted(followers[::5])
+    assert await FriendRepository(pool).followers_among(author, []) == []
+
+
+async def test_a_background_warm_up_caches_the_list_in_spread_out_steps(
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis
+) -> None:
+    author, expected = await _author_with_followers(pool, 2_500)
+    social = SocialCache(aredis, FriendRepository(pool), reads=amux)
+    social.CHUNK = 400
+    key = social.followers_key(author)
+    assert not await aredis.exists(key)
+    await social.warm_followers(author, pause=0.01)
+    assert await aredis.scard(key) == len(expected) + 1  # (and the "0" marker)
+    await pool.execute("DELETE FROM followers WHERE author_id = $1", author)  # now served from Redis only
+    assert sorted(await social.followers(author)) == sorted(expected)
+
+
 @pytest.mark.parametrize("count", [3, 2_500], ids=["few", "celebrity"])
 async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
     pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, count: int
