@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import redis
 import pytest
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
