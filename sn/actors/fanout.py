@@ -64,10 +64,11 @@ class QueueRouter:
         self._live = live
 
     async def __call__(self, event: events.PipelineEvent) -> Queue:
-        if isinstance(event, events.PostEvent):
-            count = await self._social.follower_count(event.author_id)
-            if count >= self._live.current.celebrity_threshold:
-                return "celebrity"
+        threshold = self._live.current.celebrity_threshold
+        if isinstance(event, events.PostEvent) and await self._social.has_at_least_followers(
+            event.author_id, threshold
+        ):
+            return "celebrity"
         return "feed"
 
 

@@ -181,9 +181,11 @@ class SocialCache:
     async def warm_followers(self, author_id: int, *, pause: float = 0.05) -> None:
         """Load and cache the author's follower list in the background, spread out so that it
         does not compete with requests (a celebrity's 100k rows and 100 Redis writes)."""
-        await self._cached_list(
+        followers, loaded = await self._cached_list(
             _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id, pause=pause), pause=pause
         )
+        if loaded:  # a fresh count for free
+            await self._redis.zadd(COUNTS_KEY, {str(author_id): len(followers)})
 
     async def following(self, user_id: int) -> list[int]:
         following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))
@@ -200,6 +202,15 @@ class SocialCache:
         if found is None:
             return set(await self.following(user_id)) & set(authors)
         return {int(member) for member in found}
+
+    async def has_at_least_followers(self, author_id: int, threshold: int) -> bool:
+        """Whether the author is at or above ``threshold``: the cached count, else a bounded
+        database check (the outbox relay asks this for every post, in order, so a full count of a
+        celebrity's followers there held up every post behind it)."""
+        score = await self._redis.zscore(COUNTS_KEY, str(author_id))
+        if score is not None:
+            return int(score) >= threshold
+        return await self._friends.has_at_least_followers(author_id, threshold)
 
     async def follower_count(self, author_id: int) -> int:
         score = await self._redis.zscore(COUNTS_KEY, str(author_id))

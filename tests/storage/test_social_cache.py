@@ -67,6 +67,22 @@ async def test_which_candidates_follow_is_answered_by_the_database(pool: asyncpg
     assert await FriendRepository(pool).followers_among(author, []) == []
 
 
+async def test_celebrity_check_reads_the_cached_count_else_a_bounded_query(
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis
+) -> None:
+    author, _ = await _author_with_followers(pool, 30)
+    friends = FriendRepository(pool)
+    assert await friends.has_at_least_followers(author, 30)
+    assert not await friends.has_at_least_followers(author, 31)
+    assert await friends.has_at_least_followers(author, 0)
+    social = SocialCache(aredis, friends, reads=amux)
+    assert await social.has_at_least_followers(author, 30)
+    assert not await social.has_at_least_followers(author, 31)
+    await aredis.zadd("sn:follower_counts", {str(author): 500})  # a cached count wins
+    assert await social.has_at_least_followers(author, 31)
+    await aredis.zrem("sn:follower_counts", str(author))
+
+
 async def test_a_background_warm_up_caches_the_list_in_spread_out_steps(
     pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis
 ) -> None:
@@ -77,6 +93,7 @@ async def test_a_background_warm_up_caches_the_list_in_spread_out_steps(
     assert not await aredis.exists(key)
     await social.warm_followers(author, pause=0.01)
     assert await aredis.scard(key) == len(expected) + 1  # (and the "0" marker)
+    assert await aredis.zscore("sn:follower_counts", str(author)) == len(expected)  # counted on the way
     await pool.execute("DELETE FROM followers WHERE author_id = $1", author)  # now served from Redis only
     assert sorted(await social.followers(author)) == sorted(expected)
 
