@@ -38,7 +38,8 @@ _REAL_MIN = "(" + PARTIAL  # exclusive lower bound: every real member sorts afte
 _REAL_MAX = "+"
 _KEY = "sn:feed:{}"
 # Shared by every FeedCache (followers' feeds and authors' own lists): a deleted post's id.
-_TOMBSTONE = "sn:feed:deleted:{}"
+_TOMBSTONE_PREFIX = "sn:feed:deleted:"
+_TOMBSTONE = _TOMBSTONE_PREFIX + "{}"
 _TOMBSTONE_TTL = 86_400  # longer than any redelivery of the post's events
 _REBUILD_TOKEN_TTL = 60  # seconds: longer than any rebuild query; a crashed reader's token expires
 
@@ -85,22 +86,28 @@ end
 return removed
 """
 
-# KEYS[1]: feed, KEYS[2]: its rebuild token; ARGV: token, complete (0/1), ttl, max, members...
-# Returns 0 when the rebuild was invalidated while it ran (BUILDING gone, or a newer rebuild
-# took over: only the latest reader's result, read after the invalidation, may be stored).
+# KEYS[1]: feed, KEYS[2]: its rebuild token; ARGV: token, complete (0/1), ttl, max, tombstone key
+# prefix, members... Returns 0 when the rebuild was invalidated while it ran (BUILDING gone, or a
+# newer rebuild took over: only the latest reader's result, read after the invalidation, may be
+# stored). A member whose post was deleted meanwhile (the rebuild read the database before the
+# deletion committed) is left out: its tombstone says so.
 _COMMIT = (
     _PRELUDE
     + """
 local key = KEYS[1]
 if redis.call('GET', KEYS[2]) ~= ARGV[1] or not redis.call('ZSCORE', key, BUILDING) then return 0 end
 redis.call('DEL', KEYS[2])
-for i = 5, #ARGV, 500 do
+for i = 6, #ARGV, 500 do
   local chunk = {}
   for j = i, math.min(i + 499, #ARGV) do
-    chunk[#chunk + 1] = 0
-    chunk[#chunk + 1] = ARGV[j]
+    -- (the post id as text: a 19-digit id does not survive Lua's numbers)
+    local post = string.match(ARGV[j], '^0*(%d+):')
+    if redis.call('EXISTS', ARGV[5] .. post) == 0 then
+      chunk[#chunk + 1] = 0
+      chunk[#chunk + 1] = ARGV[j]
+    end
   end
-  redis.call('ZADD', key, unpack(chunk))
+  if #chunk > 0 then redis.call('ZADD', key, unpack(chunk)) end
 end
 redis.call('ZREM', key, BUILDING)
 if ARGV[2] == '1' then redis.call('ZADD', key, 0, COMPLETE) else redis.call('ZADD', key, 0, PARTIAL) end
@@ -195,7 +202,7 @@ class FeedCache:
     async def commit_rebuild(self, user_id: int, token: str, keys: Sequence[tuple[int, int]]) -> bool:
         """Store a rebuild's result: `keys` are (post_id, author_id), newest first, at most size."""
         complete = "1" if len(keys) < self._size else "0"
-        args = [token, complete, str(self._ttl), str(self._size), *(member(p, a) for p, a in keys)]
+        args = [token, complete, str(self._ttl), str(self._size), _TOMBSTONE_PREFIX, *(member(p, a) for p, a in keys)]
         return bool(await self._commit(keys=[self.key(user_id), self._token_key(user_id)], args=args))
 
     async def add_post(self, recipients: Iterable[int], post_id: int, author_id: int) -> int:

@@ -74,12 +74,14 @@ async def test_trim_keeps_newest_and_marks_partial(cache: FeedCache) -> None:
 
 async def test_remove_posts_from_many_feeds(cache: FeedCache) -> None:
     users = [next(_user_ids) for _ in range(3)]
+    # Ids of this test's own: a deletion leaves a tombstone that every cache (and test) shares.
+    newer, deleted, older = (20_000_000_000 + users[0] * 10 + n for n in (3, 2, 1))
     for user in users:
         token = await cache.begin_rebuild(user)
-        await cache.commit_rebuild(user, token, keys(30, 20, 10))
-    assert await cache.remove_posts(users, keys(20)) == 3
+        await cache.commit_rebuild(user, token, keys(newer, deleted, older))
+    assert await cache.remove_posts(users, keys(deleted)) == 3
     for user in users:
-        assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(30, 10)
+        assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(newer, older)
 
 
 async def test_fanout_chunks_many_recipients(cache: FeedCache) -> None:
@@ -112,3 +114,13 @@ async def test_a_creation_handled_after_its_deletion_does_not_bring_the_post_bac
     assert await cache.add_post([user], post_id + 1, 7) == 1  # other posts are added as before
     members = await aredis.zrange(feed_key(user), 0, -1)
     assert member(post_id, 7).encode() not in members
+
+
+async def test_a_rebuild_that_read_before_a_deletion_does_not_store_the_deleted_post(cache: FeedCache) -> None:
+    user = next(_user_ids)
+    deleted = 385_000_000_000_000_000 + user  # a real-sized id (19 digits padded): an id of this test's own
+    token = await cache.begin_rebuild(user)
+    read_from_the_database = keys(deleted + 2, deleted + 1, deleted)  # ...then the deletion commits:
+    await cache.remove_posts([user], [(deleted + 1, 7)])
+    assert await cache.commit_rebuild(user, token, read_from_the_database)
+    assert (await cache.page(user, offset=0, limit=10, before=None)).keys == keys(deleted + 2, deleted)
