@@ -102,7 +102,7 @@ for i = 6, #ARGV, 500 do
   for j = i, math.min(i + 499, #ARGV) do
     -- (the post id as text: a 19-digit id does not survive Lua's numbers)
     local post = string.match(ARGV[j], '^0*(%d+):')
-    if redis.call('EXISTS', ARGV[5] .. post) == 0 then
+    if not post or redis.call('EXISTS', ARGV[5] .. post) == 0 then
       chunk[#chunk + 1] = 0
       chunk[#chunk + 1] = ARGV[j]
     end

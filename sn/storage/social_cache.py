@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ from redis.asyncio import Redis
 
 from sn.storage.friends import FriendRepository
 from sn.storage.redis_mux import MuxRedis
+
+log = logging.getLogger("sn.storage.social_cache")
 
 COUNTS_KEY = "sn:follower_counts"
 _STAGING_TTL = 300  # seconds: longer than any load of a follower list
@@ -75,6 +78,15 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
+# KEYS[1] a list's generation, KEYS[2] the counts; ARGV[1] the generation the load started from,
+# ARGV[2] the author, ARGV[3] the count. A load's count is written only if no follow change came
+# since (that change recounted, and a late write of the older count would undo it).
+_COUNT_IF_CURRENT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return 1
+"""
+
 # KEYS[1] list, KEYS[2] its generation, KEYS[3] the filled staging set; ARGV[1] generation, ARGV[2] ttl.
 _SWAP_IF_CURRENT = """
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
@@ -99,11 +111,13 @@ class SocialCache:
         self._store = reads.script(_STORE_IF_CURRENT)
         self._swap = reads.script(_SWAP_IF_CURRENT)
         self._followed_among = reads.script(_FOLLOWED_AMONG)
+        self._count_if_current = reads.script(_COUNT_IF_CURRENT)
 
     async def _cached_list(
         self, key: str, load: Callable[[], Awaitable[list[int]]], *, pause: float = 0.0
-    ) -> tuple[list[int], bool]:
-        """The cached id set at `key`, loading and caching it on a miss; also says if it was loaded.
+    ) -> tuple[list[int], str | None]:
+        """The cached id set at `key`, loading and caching it on a miss; also, when it was loaded,
+        the generation the load started from (None: it came from the cache).
 
         A follow or unfollow while the list is being loaded would otherwise be undone: the loader
         read the database before the change, and writing that list after the change's
@@ -113,14 +127,14 @@ class SocialCache:
         """
         members = await self._read_set(key)
         if members:
-            return [int(m) for m in members if m != b"0"], False
+            return [int(m) for m in members if m != b"0"], None
         generation_key = f"{key}:gen"
         raw_generation = await self._reads.get(generation_key)
         generation = raw_generation.decode() if isinstance(raw_generation, bytes) else ""
         loaded = await load()
         if len(loaded) <= self.CHUNK:
             await self._store(keys=[key, generation_key], args=[generation, self._ttl, _EMPTY, *loaded])
-            return loaded, True
+            return loaded, generation
         # A celebrity's list: one 100k-member SADD (in MULTI) held Redis for ~150 ms, stalling every
         # other command of every worker. Fill a private key in small commands, then swap it in.
         staging = f"{key}:loading:{secrets.token_hex(4)}"
@@ -138,7 +152,7 @@ class SocialCache:
             if not swapped:
                 with contextlib.suppress(Exception):
                     await self._redis.delete(staging)
-        return loaded, True
+        return loaded, generation
 
     async def _read_set(self, key: str) -> list[bytes]:
         """SMEMBERS, but a big set is read in SSCAN pages so Redis never serialises it in one reply."""
@@ -167,11 +181,11 @@ class SocialCache:
         return _FOLLOWERS.format(author_id)
 
     async def followers(self, author_id: int) -> list[int]:
-        followers, loaded = await self._cached_list(
+        followers, generation = await self._cached_list(
             _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id)
         )
-        if loaded:  # a fresh count for free
-            await self._redis.zadd(COUNTS_KEY, {str(author_id): len(followers)})
+        if generation is not None:
+            await self._store_count(author_id, generation, len(followers))
         return followers
 
     async def followers_among_uncached(self, author_id: int, candidates: Sequence[int]) -> list[int]:
@@ -181,11 +195,20 @@ class SocialCache:
     async def warm_followers(self, author_id: int, *, pause: float = 0.05) -> None:
         """Load and cache the author's follower list in the background, spread out so that it
         does not compete with requests (a celebrity's 100k rows and 100 Redis writes)."""
-        followers, loaded = await self._cached_list(
+        followers, generation = await self._cached_list(
             _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id, pause=pause), pause=pause
         )
-        if loaded:  # a fresh count for free
-            await self._redis.zadd(COUNTS_KEY, {str(author_id): len(followers)})
+        if generation is not None:
+            await self._store_count(author_id, generation, len(followers))
+            if not await self._reads.execute("EXISTS", _FOLLOWERS.format(author_id)):
+                # A follow change during the load voided it; the author's next post tries again.
+                log.info("follower list of %d changed while it was loaded: not cached", author_id)
+
+    async def _store_count(self, author_id: int, generation: str, count: int) -> None:
+        """A fresh count for free, from a load: kept unless a follow change came since."""
+        await self._count_if_current(
+            keys=[f"{_FOLLOWERS.format(author_id)}:gen", COUNTS_KEY], args=[generation, str(author_id), count]
+        )
 
     async def following(self, user_id: int) -> list[int]:
         following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))

@@ -360,6 +360,7 @@ async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
         fan_ws = await open_socket(server, fan)
         sockets.append(fan_ws)
         await asyncio.sleep(0.3)
+        assert not redis_client.exists(f"sn:followers:{celebrity.id}")  # the first post finds it uncached
         started = time.monotonic()
         celebrity_post = post(client, celebrity, "hello, my millions")
         await asyncio.sleep(0.2)

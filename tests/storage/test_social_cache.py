@@ -114,12 +114,35 @@ async def test_a_follow_during_the_load_is_not_overwritten_by_the_stale_list(
         await social.follow_changed(newcomer, author)  # what the follow request does after its commit
         return stale
 
-    loaded, was_loaded = await social._cached_list(key, load_then_someone_follows)
-    assert was_loaded
+    loaded, generation = await social._cached_list(key, load_then_someone_follows)
+    assert generation is not None  # loaded, not read from the cache
     assert sorted(loaded) == sorted(before)  # this caller's answer is its own read
     assert not await aredis.exists(key)  # ... but it was not cached over the newer state
     assert [k async for k in aredis.scan_iter(match=f"{key}:loading:*")] == []
     assert newcomer in await social.followers(author)  # the next read loads the current list
+
+
+@pytest.mark.parametrize("warm_up", [False, True], ids=["read", "background warm-up"])
+async def test_a_follow_during_the_load_is_not_undone_in_the_count(
+    pool: asyncpg.Pool, aredis: Redis, amux: MuxRedis, warm_up: bool
+) -> None:
+    author, before = await _author_with_followers(pool, 2_500)
+    newcomer = _ids.next_id()
+
+    class FollowDuringTheLoad(FriendRepository):
+        async def followers(self, author_id: int, *, page: int = 10_000, pause: float = 0.0) -> list[int]:
+            stale = await super().followers(author_id, page=page, pause=pause)
+            await pool.execute("INSERT INTO followers (author_id, follower_id) VALUES ($1, $2)", author, newcomer)
+            await social.follow_changed(newcomer, author)  # recounts: len(before) + 1
+            return stale
+
+    social = SocialCache(aredis, FollowDuringTheLoad(pool), reads=amux)
+    social.CHUNK = 400
+    if warm_up:
+        await social.warm_followers(author, pause=0.001)
+    else:
+        assert sorted(await social.followers(author)) == sorted(before)
+    assert await aredis.zscore("sn:follower_counts", str(author)) == len(before) + 1
 
 
 async def test_which_authors_a_reader_follows_comes_from_whichever_cache_answers(
