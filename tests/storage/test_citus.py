@@ -444,7 +444,10 @@ async def test_hot_path_queries_are_routed_to_a_single_shard(conn: asyncpg.Conne
     assert await friends.following(reader) == [author]
     assert await friends.followers(author) == [reader]
     assert await friends.follower_count(author) == 1
-    await _assert_single_task(conn, "following / followers / count", recorder)
+    assert await friends.followers_among(author, [reader, author]) == [reader]
+    assert await friends.has_at_least_followers(author, 1)
+    assert not await friends.has_at_least_followers(author, 2)
+    await _assert_single_task(conn, "following / followers / count / celebrity checks", recorder)
 
     dialogs = DialogRepository(db)
     await dialogs.send(_ids.next_id(), reader, author, "hi")
