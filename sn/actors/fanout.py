@@ -143,7 +143,9 @@ class CelebrityActor:
             "author_id": str(event.author_id),
             "post_id": str(event.post_id),
             "type": event.type,
-            "followers": await self._social.follower_count(event.author_id),
+            # The cached count (None until known): counting 100k rows here competed with the
+            # requests of the moment; a cold list's background load caches it.
+            "followers": await self._social.cached_follower_count(event.author_id),
             "online": len(pairs),
             "sent": 0,
             "started_at": started,
@@ -176,7 +178,7 @@ class CelebrityActor:
         self.fanouts += 1
         self.batches += batches
         log.info(
-            "celebrity fan-out %s: %d online of %d followers, %d batches, %.2fs",
+            "celebrity fan-out %s: %d online of %s followers, %d batches, %.2fs",
             job,
             len(pairs),
             progress["followers"],
@@ -198,7 +200,6 @@ class CelebrityActor:
         online = await self._presence.online_members(self._social.followers_key(author_id), streams)
         if online is not None:
             return online
-        self._warm_followers(author_id)
         online = {}
         for stream in streams:
             found: list[int] = []
@@ -206,6 +207,7 @@ class CelebrityActor:
                 found += await self._social.followers_among_uncached(author_id, users)
             if found:
                 online[stream] = sorted(found)
+        self._warm_followers(author_id)  # (after: not at the same moment as the lookups above)
         return online
 
     def _warm_followers(self, author_id: int) -> None:

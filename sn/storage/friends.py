@@ -60,7 +60,7 @@ class FriendRepository:
         found: list[int] = []
         after = -(1 << 63)
         while True:
-            if found and pause:
+            if pause:  # (the first page too: the load starts spread out)
                 await asyncio.sleep(pause)
             rows = await self._pool.fetch(
                 "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id > $2"

@@ -235,6 +235,10 @@ class SocialCache:
             return int(score) >= threshold
         return await self._friends.has_at_least_followers(author_id, threshold)
 
+    async def cached_follower_count(self, author_id: int) -> int | None:
+        score = await self._redis.zscore(COUNTS_KEY, str(author_id))
+        return None if score is None else int(score)
+
     async def follower_count(self, author_id: int) -> int:
         score = await self._redis.zscore(COUNTS_KEY, str(author_id))
         if score is not None:
