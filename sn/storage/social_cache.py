@@ -181,11 +181,7 @@ class SocialCache:
         return _FOLLOWERS.format(author_id)
 
     async def followers(self, author_id: int) -> list[int]:
-        followers, generation = await self._cached_list(
-            _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id)
-        )
-        if generation is not None:
-            await self._store_count(author_id, generation, len(followers))
+        followers, _ = await self._followers(author_id, pause=0.0)
         return followers
 
     async def followers_among_uncached(self, author_id: int, candidates: Sequence[int]) -> list[int]:
@@ -195,20 +191,22 @@ class SocialCache:
     async def warm_followers(self, author_id: int, *, pause: float = 0.05) -> None:
         """Load and cache the author's follower list in the background, spread out so that it
         does not compete with requests (a celebrity's 100k rows and 100 Redis writes)."""
-        followers, generation = await self._cached_list(
-            _FOLLOWERS.format(author_id), lambda: self._friends.followers(author_id, pause=pause), pause=pause
-        )
-        if generation is not None:
-            await self._store_count(author_id, generation, len(followers))
-            if not await self._reads.execute("EXISTS", _FOLLOWERS.format(author_id)):
-                # A follow change during the load voided it; the author's next post tries again.
-                log.info("follower list of %d changed while it was loaded: not cached", author_id)
+        _, loaded = await self._followers(author_id, pause=pause)
+        if loaded and not await self._reads.execute("EXISTS", _FOLLOWERS.format(author_id)):
+            # A follow change during the load voided it; the author's next post tries again.
+            log.info("follower list of %d changed while it was loaded: not cached", author_id)
 
-    async def _store_count(self, author_id: int, generation: str, count: int) -> None:
-        """A fresh count for free, from a load: kept unless a follow change came since."""
-        await self._count_if_current(
-            keys=[f"{_FOLLOWERS.format(author_id)}:gen", COUNTS_KEY], args=[generation, str(author_id), count]
+    async def _followers(self, author_id: int, *, pause: float) -> tuple[list[int], bool]:
+        """The follower list, cached or loaded (pages ``pause`` apart); also whether it was loaded.
+        A load's count comes for free, kept unless a follow change came since."""
+        key = _FOLLOWERS.format(author_id)
+        followers, generation = await self._cached_list(
+            key, lambda: self._friends.followers(author_id, pause=pause), pause=pause
         )
+        if generation is None:
+            return followers, False
+        await self._count_if_current(keys=[f"{key}:gen", COUNTS_KEY], args=[generation, str(author_id), len(followers)])
+        return followers, True
 
     async def following(self, user_id: int) -> list[int]:
         following, _ = await self._cached_list(_FOLLOWING.format(user_id), lambda: self._friends.following(user_id))

@@ -118,12 +118,17 @@ async def test_refresh_writes_in_small_calls(aredis: Redis, amux: MuxRedis) -> N
 LOOKUPS = {"online sets": 1_000_000, "presence keys": 0}
 
 
-@pytest.mark.parametrize("lookup", list(LOOKUPS))
+@pytest.fixture(params=list(LOOKUPS))
+def routing_log(request: pytest.FixtureRequest, amux: MuxRedis) -> EventLog:
+    log = EventLog(amux)
+    log.ONLINE_SET_MAX_WORKERS = LOOKUPS[request.param]
+    return log
+
+
 async def test_route_to_followers_is_logged_and_reaches_online_streams(
-    aredis: Redis, amux: MuxRedis, lookup: str
+    aredis: Redis, amux: MuxRedis, routing_log: EventLog
 ) -> None:
-    presence, log = Presence(amux), EventLog(amux)
-    log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
+    presence, log = Presence(amux), routing_log
     author, online, offline, elsewhere = next(_ids), next(_ids), next(_ids), next(_ids)
     stream, other = f"sn:rt:stream:test:{author}", f"sn:rt:stream:test:{author}:other"
     await presence.refresh([online], stream)
@@ -154,12 +159,10 @@ async def test_route_to_followers_is_logged_and_reaches_online_streams(
     assert [eid for eid, _ in replay.events] == [event_id]
 
 
-@pytest.mark.parametrize("lookup", list(LOOKUPS))
 async def test_a_follower_with_tabs_on_two_workers_is_routed_to_both(
-    aredis: Redis, amux: MuxRedis, lookup: str
+    aredis: Redis, amux: MuxRedis, routing_log: EventLog
 ) -> None:
-    presence, log = Presence(amux), EventLog(amux)
-    log.ONLINE_SET_MAX_WORKERS = LOOKUPS[lookup]
+    presence, log = Presence(amux), routing_log
     author, follower = next(_ids), next(_ids)
     first, second = (f"sn:rt:stream:test:{author}:{n}" for n in (1, 2))
     await presence.refresh([follower], first)
