@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 
 from sn.ids import IdGenerator
 from sn.pipeline import events
-from sn.pipeline.bus import Queue
+from sn.pipeline.bus import BusUnavailable, Queue
 from sn.pipeline.outbox import Outbox, OutboxRelay
 from sn.pipeline.redis_bus import RedisStreamBus
 from sn.storage.posts import PostRepository
@@ -101,3 +102,103 @@ async def test_outbox_row_is_written_in_the_same_transaction(pool: asyncpg.Pool)
     ]
     assert await posts.update(author, row.id, "gone") is None  # no row, no event
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE owner_id = $1", author) == 3
+
+
+class _WatchedBus(RedisStreamBus):
+    """The real Redis bus, counting publishes in flight and refusing one owner's (a broken route)."""
+
+    def __init__(self, *args: Any, refuse_author: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight = self.most_in_flight = 0
+        self._refuse_author = refuse_author
+
+    async def publish(self, queue: Queue, body: bytes, *, message_id: str) -> None:
+        event = events.decode(body)
+        if isinstance(event, events.PostEvent) and event.author_id == self._refuse_author:
+            raise BusUnavailable("refused for this test")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # a confirm's round trip, so concurrent publishes overlap
+            await super().publish(queue, body, message_id=message_id)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def watched(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[_WatchedBus]]]:
+    prefix = f"test-outbox-{uuid.uuid4().hex[:8]}"
+    redis = Redis.from_url(redis_url)
+    buses: list[_WatchedBus] = []
+
+    async def make(**kwargs: Any) -> _WatchedBus:
+        bus = _WatchedBus(redis, node_id="test", consumer="c1", prefix=prefix, **kwargs)
+        await bus.start()
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.close()
+    for key in [k async for k in redis.scan_iter(f"{prefix}*")]:
+        await redis.delete(key)
+    await redis.aclose()
+
+
+async def _stream_post_ids(bus: RedisStreamBus, redis_url: str) -> list[tuple[int, int]]:
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = await redis.xrange(bus.streams["feed"])
+    finally:
+        await redis.aclose()
+    decoded = [events.decode(fields[b"body"]) for _, fields in entries]
+    return [(e.author_id, e.post_id) for e in decoded if isinstance(e, events.PostEvent)]
+
+
+async def test_a_batch_is_published_concurrently_and_in_order_per_owner(
+    pool: asyncpg.Pool, redis_url: str, watched: Callable[..., Awaitable[_WatchedBus]]
+) -> None:
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1002)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    authors = [ids.next_id() for _ in range(4)]
+    written = {
+        author: [(await posts.create(ids.next_id(), author, f"p{i}")).id for i in range(5)] for author in authors
+    }
+    bus = await watched()
+    relay = OutboxRelay(pool, bus, _to_feed)
+
+    assert await relay.drain_once() == 20
+    assert await relay.pending() == 0
+    assert bus.most_in_flight == len(authors)  # one publish in flight per owner, all owners at once
+    published = await _stream_post_ids(bus, redis_url)
+    assert sorted(published) == sorted((a, p) for a, ps in written.items() for p in ps)
+    for author, post_ids in written.items():
+        assert [p for a, p in published if a == author] == post_ids  # each owner's events in order
+
+
+async def test_a_failed_owner_keeps_its_rows_and_the_confirmed_ones_are_not_republished(
+    pool: asyncpg.Pool, redis_url: str, watched: Callable[..., Awaitable[_WatchedBus]]
+) -> None:
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1003)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    good, bad = ids.next_id(), ids.next_id()
+    good_posts = [(await posts.create(ids.next_id(), good, f"g{i}")).id for i in range(3)]
+    bad_posts = [(await posts.create(ids.next_id(), bad, f"b{i}")).id for i in range(3)]
+    bus = await watched(refuse_author=bad)
+    relay = OutboxRelay(pool, bus, _to_feed)
+
+    with pytest.raises(BusUnavailable):
+        await relay.drain_once()
+    assert relay.published == 3
+    kept = await pool.fetch("SELECT owner_id FROM outbox")
+    assert [row["owner_id"] for row in kept] == [bad] * 3  # the confirmed rows are gone
+    assert await _stream_post_ids(bus, redis_url) == [(good, p) for p in good_posts]
+
+    # The bus takes the owner again: the next round publishes only what was kept, in order.
+    bus_ok = await watched()
+    relay_ok = OutboxRelay(pool, bus_ok, _to_feed)
+    assert await relay_ok.drain_once() == 3
+    assert await _stream_post_ids(bus_ok, redis_url) == [(good, p) for p in good_posts] + [(bad, p) for p in bad_posts]
+    assert await relay_ok.pending() == 0
