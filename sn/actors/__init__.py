@@ -1,17 +1,16 @@
-"""Actor layer: pure state machines for the real-time feed plus a tiny asyncio runtime.
+"""Actor layer: one state machine and mailbox per socket, driven by the worker's hub.
 
-Sans-I/O in the spirit of python-websockets: ``ConnectionState``,
-``EventHistory``, ``Mailbox`` and ``RestartPolicy`` never await and never
-touch sockets, Redis or Sanic; thin adapters elsewhere feed them inputs and
-perform the actions they return.  ``runtime``/``supervisor`` are the only
-modules that use asyncio.
+Sans-I/O in the spirit of python-websockets: ``ConnectionState``, ``Mailbox`` and
+``RestartPolicy`` never await and never touch sockets, Redis or Sanic; the socket adapter
+(``socket.py``) and the hub feed them inputs and perform the actions they return. The fan-out
+and celebrity consumers (``fanout.py``) and the supervised loops (``service.py``) are the
+asynchronous parts.
 """
 
 from __future__ import annotations
 
 from sn.actors.actions import (
     CLOSE_GOING_AWAY,
-    CLOSE_IDLE_TIMEOUT,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_SLOW_CONSUMER,
     Action,
@@ -20,7 +19,7 @@ from sn.actors.actions import (
 )
 from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
 from sn.actors.encoding import Dialect, PayloadCache, encode_event, encode_payload
-from sn.actors.history import EventHistory, Resync, plan_replay
+from sn.actors.history import Resync
 from sn.actors.mailbox import Mailbox
 from sn.actors.messages import (
     ClientFrame,
@@ -34,26 +33,18 @@ from sn.actors.messages import (
     parse_client_frame,
 )
 from sn.actors.policy import RestartDecision, RestartPolicy, RestartTracker
-from sn.actors.runtime import Actor, ActorRef, ActorStatus, AsyncMailbox
-from sn.actors.supervisor import Supervisor, SupervisorStats
 
 __all__ = [
     "CLOSE_GOING_AWAY",
-    "CLOSE_IDLE_TIMEOUT",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_SLOW_CONSUMER",
     "Action",
-    "Actor",
-    "ActorRef",
-    "ActorStatus",
-    "AsyncMailbox",
     "ClientFrame",
     "Close",
     "ConnectionState",
     "ConnectionStats",
     "Dialect",
     "Event",
-    "EventHistory",
     "EventType",
     "FrameError",
     "GetStats",
@@ -66,12 +57,9 @@ __all__ = [
     "Resync",
     "SendText",
     "StatsProvider",
-    "Supervisor",
-    "SupervisorStats",
     "encode_event",
     "encode_payload",
     "event_from_json",
     "event_to_json",
     "parse_client_frame",
-    "plan_replay",
 ]

@@ -12,7 +12,6 @@ import msgspec
 
 __all__ = [
     "CLOSE_GOING_AWAY",
-    "CLOSE_IDLE_TIMEOUT",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_SLOW_CONSUMER",
     "Action",
@@ -20,7 +19,6 @@ __all__ = [
     "SendText",
 ]
 
-CLOSE_IDLE_TIMEOUT: Final = 1000  # normal closure: idleness is not an error
 CLOSE_GOING_AWAY: Final = 1001  # server shutdown
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 # Application range (4000-4999).  Clients should reconnect with their last

@@ -1,7 +1,7 @@
 """Per-WebSocket connection state machine, sans-I/O.
 
-``ConnectionState`` consumes inputs (client frames, server events, clock
-ticks) and produces *actions*; it never touches a socket.  The adapter
+``ConnectionState`` consumes inputs (client frames, server events) and
+produces *actions*; it never touches a socket.  The adapter
 performs the actions, which keeps every protocol decision unit-testable
 without a server, an event loop or a network.
 
@@ -28,7 +28,6 @@ import msgspec
 
 from sn.actors.actions import (
     CLOSE_GOING_AWAY,
-    CLOSE_IDLE_TIMEOUT,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_SLOW_CONSUMER,
     Action,
@@ -84,21 +83,18 @@ class ConnectionState:
         max_frame_bytes: int = 64 * 1024,
         outbox_capacity: int = 256,
         last_event_id: int = 0,
-        idle_timeout: float | None = None,
         stats_provider: StatsProvider | None = None,
         clock: Callable[[], float] = time.time,
         connected_at: float | None = None,
     ) -> None:
         self.dialect = dialect
         self.max_frame_bytes = max_frame_bytes
-        self.idle_timeout = idle_timeout
         self.outbox: Mailbox[bytes] = Mailbox(outbox_capacity)
         self._stats_provider = stats_provider or _local_stats
         # Wall clock by default: it stamps pong/welcome timestamps that
         # clients compare with their own clocks.  Tests inject a fake.
         self._clock = clock
         self.connected_at = clock() if connected_at is None else connected_at
-        self._last_activity = self.connected_at
         self._last_event_id = last_event_id
         self._received = 0
         self._sent = 0
@@ -153,7 +149,6 @@ class ConnectionState:
         if self.closed:
             return []
         self._received += 1
-        self._last_activity = self._clock()
         if self._too_big(raw):
             return self._shutdown(CLOSE_MESSAGE_TOO_BIG, "message too big")
         frame = parse_client_frame(raw)
@@ -198,7 +193,7 @@ class ConnectionState:
         missed: Sequence[Event] | Resync,
         payloads: PayloadCache | None = None,
     ) -> list[Action]:
-        """Queue what a reconnecting client missed (from ``EventHistory.since``/``plan_replay``).
+        """Queue what a reconnecting client missed (the hub's replay from the event log, or a ``Resync``).
 
         Call it before delivering live events: it sets the cursor to
         ``since`` so live events the client already has are dropped.
@@ -221,14 +216,6 @@ class ConnectionState:
             if actions:  # only a Close can come back; stop as the connection is gone
                 break
         return actions
-
-    def tick(self, now: float) -> list[Action]:
-        """Periodic check (same clock as ``clock``): closes idle connections if configured."""
-        if self.closed or self.idle_timeout is None:
-            return []
-        if now - self._last_activity >= self.idle_timeout:
-            return self._shutdown(CLOSE_IDLE_TIMEOUT, "idle timeout")
-        return []
 
     def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> list[Action]:
         """Adapter-initiated close (e.g. shutdown); idempotent."""

@@ -8,8 +8,8 @@ never blocks and never grows the queue past ``capacity``; it just says no.
 What "no" means (drop, close the connection, shed load) is policy that lives
 one layer up.
 
-Pure: no asyncio, no locks.  The asyncio wake-up lives in
-``sn.actors.runtime.AsyncMailbox``, which wraps this class.
+Pure: no asyncio, no locks. A socket's outbox is one: frames wait in it only while the
+transport has paused writing (``SocketActor``).
 """
 
 from __future__ import annotations

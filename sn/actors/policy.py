@@ -1,11 +1,11 @@
 """Restart-intensity policy (Erlang's "max R restarts in T seconds"), pure.
 
-Restarting a crashed actor fixes transient faults (a dropped Redis
-connection, one poisoned message).  Restarting it forever turns a permanent
+Restarting a crashed loop (``SupervisedLoop``) fixes transient faults (a dropped
+Redis connection, one poisoned message).  Restarting it forever turns a permanent
 fault into a hot loop that burns CPU and floods logs, so past a rate limit we
-give up and report the actor as failed for a human (or a health check) to see.
+give up and report the loop as failed for a human (or a health check) to see.
 
-Kept apart from the asyncio runtime so the decision is testable with plain
+Kept apart from the loop's asyncio code so the decision is testable with plain
 numbers instead of sleeps.
 """
 

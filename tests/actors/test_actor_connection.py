@@ -8,7 +8,6 @@ import pytest
 
 from sn.actors.actions import (
     CLOSE_GOING_AWAY,
-    CLOSE_IDLE_TIMEOUT,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_SLOW_CONSUMER,
     Action,
@@ -17,7 +16,7 @@ from sn.actors.actions import (
 )
 from sn.actors.connection import ConnectionState, ConnectionStats
 from sn.actors.encoding import Dialect, PayloadCache
-from sn.actors.history import EventHistory, Resync
+from sn.actors.history import Resync
 from sn.actors.messages import Event
 
 
@@ -238,11 +237,8 @@ def test_a_writer_that_keeps_up_is_never_closed() -> None:
 
 
 def test_replay_queues_missed_events_and_then_live_duplicates_are_dropped() -> None:
-    history = EventHistory(max_events=10)
-    for i in range(1, 6):
-        history.append(ev(i), now=0.0)
     conn, _ = make()
-    assert conn.replay(2, history.since(2, now=0.0)) == []
+    assert conn.replay(2, [ev(i) for i in range(3, 6)]) == []
     conn.deliver(ev(5))  # racing live copy of a replayed event
     conn.deliver(ev(6))
     assert [f["event_id"] for f in sent(conn)] == [3, 4, 5, 6]
@@ -280,19 +276,7 @@ def test_replay_larger_than_outbox_becomes_resync_not_a_close() -> None:
     assert (frame["data"]["since"], frame["data"]["oldest_available"]) == (0, 1)
 
 
-# ------------------------------------------------------------------ tick / close
-
-
-def test_idle_timeout_closes_only_when_configured() -> None:
-    conn, clock = make(idle_timeout=30.0, connected_at=1000.0)
-    assert conn.tick(1029.0) == []
-    clock.now = 1020.0
-    conn.received_text('{"type":"ping"}')  # activity resets the timer
-    assert conn.tick(1049.0) == []
-    assert conn.tick(1050.0) == [Close(CLOSE_IDLE_TIMEOUT, "idle timeout")]
-
-    no_timeout, _ = make()
-    assert no_timeout.tick(10**9) == []
+# ------------------------------------------------------------------ close
 
 
 def test_server_close_is_idempotent() -> None:
