@@ -679,9 +679,60 @@ def test_cluster_init_variables_are_read_by_sn() -> None:
     assert not compose_set - setting_names() - set(CLUSTER_INIT_VARIABLES)
 
 
+# --- HAProxy (the balancer of scripts/topology.sh) -----------------------------------------------------------------
+
+HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+HAPROXY_VARIABLES = {
+    "SN_LB_BIND": "127.0.0.1:9080",
+    "SN_NODE_A": "127.0.0.1:9081",
+    "SN_NODE_B": "127.0.0.1:9082",
+    "SN_LB_MAXCONN": "9900",
+}
+
+
+def haproxy_lines() -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in HAPROXY_CFG.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def test_haproxy_config_is_valid() -> None:
+    """Checked by HAProxy itself, with the variables scripts/topology.sh and tests/test_topology.py set."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (Debian package haproxy; .ci/run installs it)")
+    out = run([haproxy, "-c", "-f", str(HAPROXY_CFG)], env={**os.environ, **HAPROXY_VARIABLES})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_haproxy_config_matches_the_k8s_design() -> None:
+    """One design with the k8s Service/Ingress: round-robin over the app nodes, /ready as the readiness probe, the
+    WebSocket tunnel kept as long as the Ingress keeps it, the client's address passed on (SN_PROXIES_COUNT=1)."""
+    lines = haproxy_lines()
+    assert "balance roundrobin" in lines
+    assert "option httpchk" in lines
+    assert "http-check send meth GET uri /ready" in lines
+    assert "http-check expect status 200" in lines
+    servers = [line.split() for line in lines if line.startswith("server ")]
+    assert [(s[1], s[2], s[3]) for s in servers] == [
+        ("node-a", '"${SN_NODE_A}"', "check"),
+        ("node-b", '"${SN_NODE_B}"', "check"),
+    ]
+    assert "option forwardfor" in lines
+    assert "option redispatch" in lines
+    ingress = yaml.safe_load((K8S / "base" / "ingress.yaml").read_text())
+    read_timeout = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    assert f"timeout tunnel {read_timeout}s" in lines
+    config = read_dotenv(K8S / "base" / "sn-config.env")
+    assert config["SN_PROXIES_COUNT"] == "1"
+    assert "SN_PROXIES_COUNT=${SN_PROXIES_COUNT:-1}" in (ROOT / "scripts" / "topology.sh").read_text()
+    # Every ${VAR} the file uses is one the script sets.
+    used = set(re.findall(r"\$\{(\w+)\}", HAPROXY_CFG.read_text()))
+    assert used == set(HAPROXY_VARIABLES)
+
+
 # --- scripts, Makefile, README ---------------------------------------------------------------------------------------
 
-SCRIPTS = (ROOT / "scripts" / "setup.sh", ROOT / "scripts" / "cleanup.sh")
+SCRIPTS = (ROOT / "scripts" / "setup.sh", ROOT / "scripts" / "cleanup.sh", ROOT / "scripts" / "topology.sh")
 
 
 def test_scripts_pass_shellcheck() -> None:
@@ -777,6 +828,10 @@ def test_makefile_targets() -> None:
     assert out.returncode == 0, out.stderr
     assert "scripts/setup.sh" in out.stdout
     assert "scripts/cleanup.sh" in out.stdout
+    out = run(["make", "-n", "-C", str(ROOT), "topology-up", "topology-down"])
+    assert out.returncode == 0, out.stderr
+    assert "scripts/topology.sh up" in out.stdout
+    assert "scripts/topology.sh down" in out.stdout
 
 
 def test_readme_documents_deployment() -> None:

@@ -153,7 +153,13 @@ def _stats_provider(hub: Hub) -> StatsProvider:
                 "events_delivered": connection.events_delivered,
                 "last_event_id": connection.last_event_id,
             },
-            "worker": {"connections": hub.connections, "users": hub.users, "name": hub.worker_name},
+            "worker": {
+                "connections": hub.connections,
+                "users": hub.users,
+                "name": hub.worker_name,
+                # Which app node (SN_NODE_ID) the socket reached: behind a balancer the client cannot tell otherwise.
+                "node": hub.node_id,
+            },
             "cluster": hub.cluster,
         }
 
