@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -16,8 +17,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sn.actors.fanout import CelebrityActor, FanoutConsumer, QueueRouter
 from sn.actors.hub import Hub
 from sn.actors.live_settings import CelebritySettings, LiveSettings
+from sn.actors.policy import RestartPolicy
+from sn.actors.recovery import RedisRecovery
 from sn.actors.router import StreamRouter
-from sn.actors.service import SupervisedLoop
+from sn.actors.service import SupervisedLoop, exit_worker
 from sn.auth import PasswordService, TokenService
 from sn.feed import FeedService
 from sn.ids import IdGenerator
@@ -75,6 +78,9 @@ class Services:
     celebrity: CelebrityActor
     shard_reads: ShardReads | None = None
     loops: list[SupervisedLoop] = field(default_factory=list)
+    recovery: RedisRecovery | None = None
+    # What a critical loop that gave up does: end the worker (tests of pieces may replace it).
+    on_give_up: Callable[[str], None] = exit_worker
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -190,21 +196,37 @@ class Services:
         await self.bus.start()
         self.relay.start()
         router = StreamRouter(self.redis, self.hub)
+        recovery = self.recovery = RedisRecovery(
+            self.redis, self.hub, ensure_stream=router.ensure_stream, on_recovered=self.lease.renew
+        )
+        router.on_lost = recovery.suspect
+        policy = RestartPolicy(
+            max_restarts=self.settings.loop_max_restarts, window=self.settings.loop_restart_window_seconds
+        )
+
+        def supervised(name: str, body: Callable[[], Awaitable[None]], *, critical: bool = False) -> SupervisedLoop:
+            # Critical: without it this worker delivers nothing, so giving up ends the worker.
+            return SupervisedLoop(name, body, policy=policy, critical=critical, on_give_up=self.on_give_up)
+
         self.loops = [
-            SupervisedLoop("router", router.run),
-            SupervisedLoop("presence", self.hub.presence_loop),
-            SupervisedLoop(
+            supervised("router", router.run, critical=True),
+            supervised("redis-recovery", recovery.run, critical=True),
+            supervised("presence", self.hub.presence_loop, critical=True),
+            supervised(
                 "keepalive",
                 lambda: self.hub.keepalive_loop(
                     self.settings.ws_ping_interval_seconds, self.settings.ws_ping_timeout_seconds
                 ),
+                critical=True,
             ),
-            SupervisedLoop("live-settings", self.live.poll),
-            SupervisedLoop("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64)),
+            supervised("live-settings", self.live.poll),
+            supervised("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64), critical=True),
             # One celebrity fan-out at a time per worker: its batches are paced, not parallel.
-            SupervisedLoop("celebrity", lambda: self.bus.consume("celebrity", self.celebrity.handle, prefetch=1)),
+            supervised(
+                "celebrity", lambda: self.bus.consume("celebrity", self.celebrity.handle, prefetch=1), critical=True
+            ),
             # Citus only: moves users who reached the celebrity threshold to the hot worker.
-            SupervisedLoop(
+            supervised(
                 "hot-promoter",
                 HotPromoter(
                     str(self.settings.database_url),
@@ -215,11 +237,12 @@ class Services:
             ),
         ]
         if self.shard_reads is not None:
-            self.loops.append(SupervisedLoop("shard-map", self.shard_reads.run))
+            self.loops.append(supervised("shard-map", self.shard_reads.run))
         for loop in self.loops:
             loop.start()
         self.hub.extra_stats = lambda: {
             "router": {"entries": router.entries, "claimed": router.claimed},
+            "recovery": {"recoveries": recovery.recoveries, "resyncs_sent": recovery.resyncs_sent},
             "fanout": self.fanout.stats(),
             "celebrity": {"fanouts": self.celebrity.fanouts, "batches": self.celebrity.batches},
             "relay": {
@@ -231,6 +254,7 @@ class Services:
             "shard_reads": self.shard_reads.stats() if self.shard_reads is not None else None,
             "loops": {
                 loop.name: {
+                    "status": loop.status(),
                     "running": loop.running,
                     "restarts": loop.restarts,
                     "failed": loop.failed,

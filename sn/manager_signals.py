@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
 from signal import Signals
 from types import FrameType
 from typing import Any
@@ -67,9 +70,59 @@ def _wait_for_ack(manager: Any) -> None:
             manager.kill()
 
 
+# A server worker that dies is started again, at most this many times per window per worker name;
+# beyond that something is wrong with every start, and the whole server stops (the orchestrator
+# restarts the pod) rather than respawning in a loop.
+RESPAWN_LIMIT = 5
+RESPAWN_WINDOW_SECONDS = 60.0
+
+
+def _respawning_sync_states(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Sanic's ``WorkerManager._sync_states``, then: a server worker that is no longer alive while
+    the manager is not shutting down (killed, crashed, or ended itself because a critical loop gave
+    up: see sn.actors.service.exit_worker) is started again. Sanic 25.12 only records it as
+    FAILED/COMPLETED, leaving the server one worker short for good."""
+
+    def sync_states(manager: Any) -> None:
+        original(manager)
+        if manager._shutting_down or getattr(manager, "_sn_shutdown_requested", False):
+            return
+        from sanic.worker.constants import ProcessState
+
+        for process in list(manager.transient_processes):
+            state = manager.worker_state.get(process.name, {})
+            if not state.get("server") or process.is_alive():
+                continue
+            if process.state not in (ProcessState.FAILED, ProcessState.COMPLETED):
+                continue
+            history: deque[float] = manager.__dict__.setdefault("_sn_respawns", {}).setdefault(process.name, deque())
+            now = time.monotonic()
+            while history and now - history[0] > RESPAWN_WINDOW_SECONDS:
+                history.popleft()
+            if len(history) >= RESPAWN_LIMIT:
+                log.error("worker %s died %d times in a minute; stopping the server", process.name, len(history))
+                manager._sn_shutdown_requested = True
+                manager.monitor_publisher.send(_TERMINATE)
+                return
+            history.append(now)
+            dead_pid, exitcode = process.pid, process.exitcode
+            log.warning("worker %s [%s] exited (%s); starting a new one", process.name, dead_pid, exitcode)
+            from sn.metrics import worker_exited
+
+            with contextlib.suppress(Exception):  # its metric files: live gauges must not count it
+                worker_exited(dead_pid)
+            manager.restart(process_names=[process.name])
+
+    return sync_states
+
+
 def install() -> None:
     """Patch the manager class before ``Sanic.serve`` builds one (the handler is bound there)."""
     from sanic.worker.manager import WorkerManager
 
     WorkerManager.shutdown_signal = _deferred_shutdown_signal  # type: ignore[method-assign]
     WorkerManager.wait_for_ack = _wait_for_ack  # type: ignore[method-assign]
+    if not getattr(WorkerManager._sync_states, "_sn_respawns", False):
+        sync_states = _respawning_sync_states(WorkerManager._sync_states)
+        sync_states._sn_respawns = True  # type: ignore[attr-defined]
+        WorkerManager._sync_states = sync_states  # type: ignore[method-assign]

@@ -36,6 +36,19 @@ class Metrics:
             registry=None,
             multiprocess_mode="max",
         )
+        self.loop_crashes = Counter(
+            "sn_loop_crashes",
+            "Crashes of a worker's supervised loop (each one restarted or given up)",
+            ["loop"],
+            registry=None,
+        )
+        self.loop_failing = Gauge(
+            "sn_loop_failing",
+            "Workers on which this loop keeps crashing or gave up (they answer /ready 503)",
+            ["loop"],
+            registry=None,
+            multiprocess_mode="livesum",
+        )
         self.outbox_published = Counter("sn_outbox_published", "Outbox rows published to the bus", registry=None)
         self.loop_lag = Histogram(
             "sn_event_loop_lag_seconds",

@@ -88,6 +88,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_timeout_seconds: float = 20.0
     # A worker's event loop stuck at least this long is logged (with the GC's share of it).
     loop_stall_warning_ms: float = 100.0
+    # A worker loop that crashes (not for an outage) more than this many times within the window
+    # gives up; a critical one then ends the worker, which the manager replaces.
+    loop_max_restarts: int = 10
+    loop_restart_window_seconds: float = 60.0
 
     # Citus (`sn cluster init`): comma-separated host:port of the regular workers, and the hot
     # worker that holds only hot users' shards. Unused on single-node PostgreSQL.
@@ -219,6 +223,8 @@ def _validate(settings: Settings) -> None:
         problems.append("SN_WS_PING_INTERVAL_SECONDS and SN_WS_PING_TIMEOUT_SECONDS must be > 0")
     if settings.loop_stall_warning_ms <= 0:
         problems.append("SN_LOOP_STALL_WARNING_MS must be > 0")
+    if settings.loop_max_restarts < 0 or settings.loop_restart_window_seconds <= 0:
+        problems.append("SN_LOOP_MAX_RESTARTS must be >= 0 and SN_LOOP_RESTART_WINDOW_SECONDS > 0")
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

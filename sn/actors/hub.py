@@ -80,6 +80,9 @@ class Hub:
         self.delivered = 0
         self._delivered_counted = 0
         self.slow_consumer_closes = 0
+        # The highest event id the router handed to this worker: a Redis whose counter is below it
+        # lost events (see sn.actors.recovery).
+        self.max_event_id = 0
         self.extra_stats: Callable[[], dict[str, Any]] = dict
         self._pending_presence: set[int] = set()
         self._pending_leaves: set[int] = set()
@@ -184,6 +187,23 @@ class Hub:
                 seen.add(key)
                 events.append(event)
         return events
+
+    async def reregister(self) -> None:
+        """Write every user this worker holds again (Redis lost them): presence, online set, the
+        registry of streams; then the stats."""
+        users = list(self._by_user)
+        for start in range(0, len(users), 1000):
+            # Users who left since the snapshot are left out (their departure may be written already).
+            chunk = [user for user in users[start : start + 1000] if user in self._by_user]
+            await self._presence.refresh(chunk, self.stream_key)
+        await self.publish_stats()
+
+    def resync_all(self, message: str) -> int:
+        """Tell every open socket to refetch its feed (what was logged for it is gone)."""
+        sockets = self.all_sockets()
+        for actor in sockets:
+            actor.resync(message)
+        return len(sockets)
 
     async def wait_closed(self, timeout: float) -> bool:
         """Wait until every socket of this worker is gone (closing handshakes done); False on timeout."""

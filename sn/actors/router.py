@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -41,10 +42,16 @@ class StreamRouter:
         self.entries = 0
         self.claimed = 0
         self.lag_ms = 0.0
+        self.on_lost: Callable[[], None] | None = None  # the stream or its group is gone
 
-    async def _ensure_group(self) -> None:
+    async def ensure_stream(self) -> None:
+        """Create the stream and group if they are gone, reading from the stream's start: every
+        entry in a recreated stream was routed after it was lost, and is for this worker."""
+        await self._ensure_group("0")
+
+    async def _ensure_group(self, start: str = "$") -> None:
         try:
-            await self._redis.xgroup_create(self._stream, GROUP, id="$", mkstream=True)
+            await self._redis.xgroup_create(self._stream, GROUP, id=start, mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -56,6 +63,8 @@ class StreamRouter:
             ids.append(entry_id)
             event = msgspec.structs.replace(event_from_json(fields[b"b"]), event_id=int(fields[b"e"]))
             recipients = [int(r) for r in fields[b"r"].split(b",") if r]
+            if event.event_id > self._hub.max_event_id:
+                self._hub.max_event_id = event.event_id
             self._hub.deliver(event, recipients, payloads)
         self.entries += len(entries)
         return ids
@@ -83,8 +92,12 @@ class StreamRouter:
                     GROUP, self._consumer, {self._stream: ">"}, count=READ_COUNT, block=1000
                 )
             except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # stream expired or was trimmed away while idle
-                    await self._ensure_group()
+                # NOGROUP: the stream expired while idle, or Redis lost it (restarted empty,
+                # flushed); UNBLOCKED: it was deleted under a blocked read (FLUSHALL).
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    if self.on_lost is not None:
+                        self.on_lost()
+                    await self.ensure_stream()
                     continue
                 raise
             for _stream, entries in response or ():

@@ -231,6 +231,10 @@ class SocketActor(asyncio.Protocol):
         elif not self._paused:
             self._flush()
 
+    def resync(self, message: str) -> None:
+        """Tell the client to refetch its feed; its cursor stays (later ids are higher)."""
+        self.replay(self.state.last_event_id, Resync(self.state.last_event_id, None, message))
+
     def hold_live_events(self) -> None:
         """From now until ``finish_replay``, live events wait behind the replay."""
         self._held = []

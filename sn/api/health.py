@@ -39,6 +39,10 @@ async def ready(request: Request) -> HTTPResponse:
             _check("redis", app.redis.ping()),
         )
     )
+    # A worker whose loop keeps crashing (or gave up) may answer HTTP but deliver nothing.
+    for loop in app.loops:
+        if (status := loop.status()) != "ok":
+            checks[f"loop:{loop.name}"] = status
     if request.app.ctx.draining:
         checks["server"] = "draining"
     ok = all(value == "ok" for value in checks.values())

@@ -25,13 +25,25 @@ from sn.storage.redis_mux import Arg, MuxRedis, ScriptCall
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
+# A counter that is not there (a new Redis, or one that restarted empty) starts at the clock in
+# milliseconds times 1000, not at 1: open sockets hold cursors from the lost counter, and ids
+# starting again from 1 would sit below them and be dropped as already delivered. Clock-based,
+# each new start lies above the last one's ids (unless more than a million events a second were
+# logged in between), so ids only ever grow for a socket; ~1.8e15 stays below 2^53 (JavaScript).
 
 # KEYS[1] log, KEYS[2] counter, KEYS[3..] streams; ARGV: body, author, now_ms, log_maxlen,
 # stream_maxlen, then one comma-separated recipient list per stream.
 _ROUTE = """
 local id = redis.call('INCR', KEYS[2])
+local first = id == 1  -- a new counter: its first entry is marked ('s'), see replay
+if first then id = tonumber(ARGV[3]) * 1000; redis.call('SET', KEYS[2], string.format('%d', id)) end
+id = string.format('%d', id)  -- (Lua would print an id of 15+ digits as 1.7e+15)
 local sid = id .. '-1'
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], sid, 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+if first then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], sid, 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3], 's', '1')
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], sid, 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+end
 for i = 3, #KEYS do
   redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', ARGV[i + 3])
   redis.call('EXPIRE', KEYS[i], 3600)
@@ -54,7 +66,14 @@ return id
 # until its entry does; the worker holding no socket for them drops the event either way.
 _ROUTE_FOLLOWERS = """
 local id = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id .. '-1', 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+local first = id == 1  -- a new counter: its first entry is marked ('s'), see replay
+if first then id = tonumber(ARGV[3]) * 1000; redis.call('SET', KEYS[2], string.format('%d', id)) end
+id = string.format('%d', id)  -- (Lua would print an id of 15+ digits as 1.7e+15)
+if first then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id .. '-1', 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3], 's', '1')
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id .. '-1', 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+end
 local count = #KEYS - 3
 local delivered = 0
 local function send(stream, recipients)
@@ -188,6 +207,11 @@ class EventLog:
             self._tail.verify(anchor[0], int(at_anchor[0][1][b"t"]) if at_anchor else None)
         current = int(counter or 0)
         oldest = int(head[0][0].split(b"-")[0]) if head else None
+        if since == 0 and oldest is not None and b"s" in head[0][1]:
+            # A client that has seen no event, and the log still holds its very first entry:
+            # nothing was trimmed, so everything is there to replay. (Elsewhere 0 lies below the
+            # log, whose ids start at the clock: the client resyncs.)
+            since = oldest - 1
         if since > current:
             return Replay([], gap=True, oldest_available=oldest)
         if since >= current:

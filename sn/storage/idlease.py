@@ -21,10 +21,17 @@ LEASE_TTL_SECONDS = 60
 
 
 # Renew only a lease we still hold: after a long Redis outage the lease may have expired and been
-# taken by another process, and blindly re-setting it would make two processes share an id.
+# taken by another process, and blindly re-setting it would make two processes share an id. One
+# that nobody holds (expired, or Redis lost its data) is taken back: switching ids is what opens a
+# window for two processes to use one.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -55,18 +62,21 @@ class GeneratorLease:
         while True:
             await asyncio.sleep(LEASE_TTL_SECONDS / 3)
             try:
-                held = await self._renew_script(
-                    keys=[_LEASE.format(self.generator_id)], args=[self._owner, LEASE_TTL_SECONDS]
-                )
-                if not held:
-                    # Lost while Redis was away; another process may own the id now. Switch.
-                    lost = self.generator_id
-                    self.generator_id = await self._claim()
-                    log.warning("id generator lease %d lost; now using %d", lost, self.generator_id)
-                    if self.on_change is not None:
-                        self.on_change(self.generator_id)
+                await self.renew()
             except Exception:  # Redis down: keep the id; the lease is checked again when it returns
                 log.warning("could not renew id generator lease %d", self.generator_id)
+
+    async def renew(self) -> None:
+        """Extend the lease, or take another id if it was lost (also called at once when Redis is
+        found to have lost its data: until then a new process could claim this same id)."""
+        held = await self._renew_script(keys=[_LEASE.format(self.generator_id)], args=[self._owner, LEASE_TTL_SECONDS])
+        if not held:
+            # Lost while Redis was away (or with its data); another process may own the id now.
+            lost = self.generator_id
+            self.generator_id = await self._claim()
+            log.warning("id generator lease %d lost; now using %d", lost, self.generator_id)
+            if self.on_change is not None:
+                self.on_change(self.generator_id)
 
     async def release(self) -> None:
         if self._task is not None:

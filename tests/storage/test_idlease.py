@@ -39,3 +39,21 @@ async def test_lost_lease_is_replaced_not_stolen_back(aredis: Redis, monkeypatch
     finally:
         await lease.release()
         await aredis.delete(key)
+
+
+async def test_a_lease_nobody_holds_is_taken_back_not_switched(aredis: Redis) -> None:
+    # Redis lost its data (restart without persistence, FLUSHALL): the id is still ours to use,
+    # and switching would open a window in which another process claims the id we are using.
+    changes: list[int] = []
+    lease = GeneratorLease(aredis, on_change=changes.append)
+    original = await lease.acquire()
+    key = f"sn:idgen:lease:{original}"
+    try:
+        await aredis.delete(key)
+        await lease.renew()
+        assert changes == []
+        assert lease.generator_id == original
+        assert await aredis.get(key) is not None
+        assert 0 < await aredis.ttl(key) <= idlease.LEASE_TTL_SECONDS
+    finally:
+        await lease.release()
