@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sn.actors.fanout import CelebrityActor, FanoutConsumer, QueueRouter
 from sn.actors.hub import Hub
@@ -96,6 +99,10 @@ class Services:
                 socket_connect_timeout=5,
                 socket_timeout=10,
                 health_check_interval=30,
+                # After Redis restarts, every pooled connection is dead and fails its next command:
+                # that command is retried once on a new connection rather than answered 503.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                retry_on_error=[RedisConnectionError],
             )
         )
         # The request path's hot reads share one pipelined connection per worker (see redis_mux).
