@@ -26,9 +26,9 @@ from sn.access_log import AccessLog
 from sn.actors.actions import CLOSE_GOING_AWAY
 from sn.actors.socket import CLOSE_TIMEOUT_SECONDS
 from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
-from sn.api.common import record_access
+from sn.api.common import authenticate, record_access, reject_nul_query
 from sn.context import Services
-from sn.errors import ApiError, ServiceUnavailable
+from sn.errors import ApiError, NotFound, ServiceUnavailable
 from sn.loop_monitor import LoopMonitor
 from sn.models import Message, ServerError
 from sn.settings import Settings, load_settings
@@ -122,6 +122,15 @@ def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
     return {}
 
 
+# On every response (unless the route set its own): API responses are JSON and never a page, so
+# nothing may be sniffed into HTML, framed, loaded from them, or leak the URL onwards.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
+
+
 # CPython's default (700 allocations per young collection, a full one every 100 of those) walks
 # every long-lived object again and again: with 10k sockets' worth of actors, buffers and tasks
 # alive, full collections landed on whatever allocated at the moment (a handshake, a delivery)
@@ -157,6 +166,8 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.REQUEST_TIMEOUT = int(settings.request_timeout_seconds)
     app.config.RESPONSE_TIMEOUT = int(settings.request_timeout_seconds)
+    app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_timeout_seconds  # type: ignore[assignment]  # (a float works)
+    app.config.HEADER_TIMEOUT = settings.header_timeout_seconds  # read by sn.http_protocol
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.graceful_shutdown_seconds
     app.config.ACCESS_LOG = False  # our middleware logs one line per request, in our format
     app.config.MOTD = False
@@ -220,13 +231,25 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
             return HTTPResponse(status=204, headers=headers)
         return None
 
+    async def listener_routes(request: Request) -> None:
+        if monitoring.on_monitoring_listener(request) and request.path not in monitoring.LISTENER_PATHS:
+            raise NotFound("the monitoring listener serves only " + ", ".join(sorted(monitoring.LISTENER_PATHS)))
+
     async def finish(request: Request, response: BaseHTTPResponse) -> None:
         request_id = str(request.id)
         response.headers["X-Request-ID"] = request_id
         response.headers.update(_cors_headers(settings, request))
+        headers = response.headers
+        for name, value in SECURITY_HEADERS:
+            if name not in headers:  # a route's own (the web client's pages set their CSP)
+                headers[name] = value
         record_access(request, response.status, request_id)
 
     app.register_middleware(preflight, "request", priority=100)
+    app.register_middleware(reject_nul_query, "request", priority=95)
+    app.register_middleware(authenticate, "request", priority=75)
+    if settings.monitoring_access == "listen":
+        app.register_middleware(listener_routes, "request", priority=90)
     app.register_middleware(ws.authenticate_upgrade, "request", priority=50)
     app.register_middleware(finish, "response", priority=100)
     app.error_handler.add(Exception, _error_response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jwt
@@ -21,11 +22,55 @@ class TokenService:
     # Verified tokens, per worker: a client sends the same token on every request, and HMAC
     # verification plus claim parsing was ~9% of a cached feed read. Bounded; expiry re-checked.
     CACHE_SIZE = 10_000
+    # A token's subject found to be a user is believed this long (users are never deleted through
+    # the API; the bound only limits how long a user removed by hand keeps working)...
+    SUBJECT_CONFIRMED_SECONDS = 300.0
+    # ...and a subject found to be no user is refused this long without asking again: a client
+    # retrying such a token in a loop costs a dict lookup, not a Redis and a database query.
+    SUBJECT_ABSENT_SECONDS = 5.0
 
-    def __init__(self, secret: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        secret: str,
+        ttl_seconds: int,
+        *,
+        user_exists: Callable[[int], Awaitable[bool]] | None = None,
+    ) -> None:
         self._secret = secret
         self._ttl = ttl_seconds
         self._verified: OrderedDict[str, tuple[int, dict[str, object], float]] = OrderedDict()
+        self._user_exists = user_exists
+        self._confirmed: dict[str, float] = {}  # token -> until (monotonic); bounded with _verified
+        self._absent: OrderedDict[int, float] = OrderedDict()  # user id -> until (monotonic)
+
+    def bind_subjects(self, user_exists: Callable[[int], Awaitable[bool]]) -> None:
+        """From now on `authenticate` accepts only tokens whose subject ``user_exists``."""
+        self._user_exists = user_exists
+
+    async def authenticate(self, token: str) -> tuple[int, dict[str, object]]:
+        """`verify`, and the subject must be an existing user: a correctly signed token of a user
+        that does not exist (a database reset under the same secret, a hand-made token) would
+        otherwise read empty feeds and write rows of a nonexistent author."""
+        user_id, claims = self.verify(token)
+        if self._user_exists is None:
+            return user_id, claims
+        now = time.monotonic()
+        confirmed = self._confirmed.get(token)
+        if confirmed is not None and confirmed > now:
+            return user_id, claims
+        absent = self._absent.get(user_id)
+        if absent is not None and absent > now:
+            raise Unauthorized("token subject is not a user")
+        if not await self._user_exists(user_id):
+            self._absent[user_id] = now + self.SUBJECT_ABSENT_SECONDS
+            self._absent.move_to_end(user_id)
+            if len(self._absent) > self.CACHE_SIZE:
+                self._absent.popitem(last=False)
+            raise Unauthorized("token subject is not a user")
+        self._absent.pop(user_id, None)
+        if token in self._verified:  # (else evicted meanwhile: checked again next time)
+            self._confirmed[token] = now + self.SUBJECT_CONFIRMED_SECONDS
+        return user_id, claims
 
     def issue(self, user_id: int, *, admin: bool = False, ttl_seconds: int | None = None) -> str:
         now = int(time.time())
@@ -41,10 +86,12 @@ class TokenService:
             if hit[2] > time.time():
                 return hit[0], hit[1]
             del self._verified[token]
+            self._confirmed.pop(token, None)
         user_id, claims = self._verify(token)
         self._verified[token] = (user_id, claims, float(claims["exp"]))  # type: ignore[arg-type]
         if len(self._verified) > self.CACHE_SIZE:
-            self._verified.popitem(last=False)
+            evicted, _ = self._verified.popitem(last=False)
+            self._confirmed.pop(evicted, None)
         return user_id, claims
 
     def _verify(self, token: str) -> tuple[int, dict[str, object]]:

@@ -16,6 +16,8 @@ from sn.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("sn.cli")
 
+DEV_DATABASE_URL_FILE = "database-url"
+
 
 def _serve(settings: Settings) -> None:
     """Run the multi-worker Sanic server; each worker builds its app from the environment."""
@@ -42,6 +44,19 @@ def _serve(settings: Settings) -> None:
         single_process=False,
         protocol=ConnectionProtocol,
     )
+    if settings.monitoring_access == "listen":
+        # A second listener in the same workers: routes tell the two apart by the local port.
+        monitoring_host, monitoring_port = settings.monitoring_address()
+        app.prepare(
+            host=monitoring_host,
+            port=monitoring_port,
+            workers=settings.workers,
+            backlog=128,
+            access_log=False,
+            single_process=False,
+            protocol=ConnectionProtocol,
+        )
+        log.info("monitoring endpoints on %s:%d", monitoring_host, monitoring_port)
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
     manager_signals.install()
     Sanic.serve(primary=app, app_loader=loader)
@@ -97,6 +112,8 @@ def embedded_services(settings: Settings) -> Iterator[Settings]:
             pg = stack.enter_context(EmbeddedPostgres(data_dir / "pg"))
             changes["database_url"] = pg.url
             log.info("embedded PostgreSQL at %s (data in %s)", pg.url, data_dir / "pg")
+            # For `sn admin-token`, which checks that its user exists (the port changes every start).
+            (data_dir / DEV_DATABASE_URL_FILE).write_text(pg.url)
         if not settings.redis_url:
             rd = stack.enter_context(EmbeddedRedis(data_dir / "redis"))
             changes["redis_url"] = rd.url
@@ -152,11 +169,31 @@ def _admin_token(settings: Settings, user_id: str, ttl: int) -> None:
     if uid is None:
         raise SettingsError(f"not a valid user id: {user_id!r}")
     secret = settings.jwt_secret
-    dev_secret = Path(settings.data_dir) / "jwt-secret"
+    data_dir = Path(settings.data_dir)
+    dev_secret = data_dir / "jwt-secret"
     if not secret and dev_secret.is_file():
         secret = dev_secret.read_text().strip()  # the secret `sn dev` generated for this checkout
     signer = TokenService(with_overrides(settings, jwt_secret=secret).require_secret(), settings.jwt_ttl_seconds)
+    database_url = settings.database_url
+    dev_database = data_dir / DEV_DATABASE_URL_FILE
+    if not database_url and dev_database.is_file():
+        database_url = dev_database.read_text().strip()  # the embedded server of a running `sn dev`
+    if not database_url:
+        raise SettingsError("SN_DATABASE_URL is not set: an admin token is only issued for an existing user")
+    # The server refuses tokens whose subject is no user: a token for one would be useless.
+    if not asyncio.run(_user_exists(database_url, uid)):
+        raise SettingsError(f"no user with id {uid}: admin tokens are issued for existing users only")
     print(signer.issue(uid, admin=True, ttl_seconds=ttl))
+
+
+async def _user_exists(database_url: str, user_id: int) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+    finally:
+        await conn.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--password", default="password123", help="every seeded user's password")
     seed.add_argument("--ids-out", type=Path, help="write the seeded user ids here, one per line")
     token = sub.add_parser("admin-token", help="print an admin token signed with the configured secret")
-    token.add_argument("--user-id", default="1")
+    token.add_argument("--user-id", required=True, help="an existing user's id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600)
     from sn import wsclient
 

@@ -33,6 +33,7 @@ from sn.pipeline.outbox import Outbox, OutboxRelay
 from sn.settings import Settings
 from sn.storage.cache import PostCache, ProfileCache
 from sn.storage.cluster import HotPromoter, cluster_mode
+from sn.storage.connlimits import ConnectionLimits
 from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
 from sn.storage.eventlog import EventLog
@@ -79,6 +80,7 @@ class Services:
     eventlog: EventLog
     fanout: FanoutConsumer
     celebrity: CelebrityActor
+    conn_limits: ConnectionLimits
     shard_reads: ShardReads | None = None
     loops: list[SupervisedLoop] = field(default_factory=list)
     recovery: RedisRecovery | None = None
@@ -188,6 +190,9 @@ class Services:
             bus=bus,
             relay=OutboxRelay(pool, bus, QueueRouter(social, live)),
             hub=hub,
+            conn_limits=ConnectionLimits(
+                mux, per_user=settings.ws_max_per_user, per_address=settings.ws_max_per_address
+            ),
             presence=presence,
             eventlog=eventlog,
             fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog),
@@ -195,6 +200,7 @@ class Services:
                 redis=redis, feed=feed, social=social, presence=presence, eventlog=eventlog, live=live
             ),
         )
+        services.tokens.bind_subjects(lambda user_id: services.profiles.exists(user_id, services.users.get))
         await services._start_actors()
         log.info("worker ready: id generator %d, stream %s, bus %s", generator_id, hub.stream_key, bus.kind)
         return services
@@ -227,6 +233,7 @@ class Services:
                 critical=True,
             ),
             supervised("live-settings", self.live.poll),
+            supervised("conn-limits", self.conn_limits.heartbeat),
             supervised("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64), critical=True),
             # One celebrity fan-out at a time per worker: its batches are paced, not parallel.
             supervised(
@@ -277,6 +284,10 @@ class Services:
         await self.celebrity.stop()
         await self.relay.stop()
         await self.bus.close()
+        try:
+            await self.conn_limits.close()
+        except Exception as exc:
+            log.debug("could not give back connection counts: %s", exc)
         try:
             await self.hub.withdraw()
         except Exception as exc:  # Redis may be the reason we are stopping

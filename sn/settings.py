@@ -61,6 +61,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_window_seconds: int = 60
     rate_limit_auth: int = 30  # register/login per client IP per window; 0 disables
     rate_limit_write: int = 120  # post create and dialog send per user per window; 0 disables
+    # Limits and timeouts against resource exhaustion (docs/security.md). 0 disables a limit.
+    header_timeout_seconds: float = 10.0  # first byte of a request to its complete head
+    keep_alive_timeout_seconds: float = 20.0  # an idle keep-alive connection (or one that sends nothing)
+    ws_max_per_user: int = 16  # WebSockets per user, across workers and pods (Redis)
+    ws_max_per_address: int = 1000  # WebSockets per client address, across workers and pods (Redis)
+    ws_max_per_worker: int = 20_000  # WebSockets per worker process
+    ws_connect_rate: int = 300  # WebSocket upgrades per client address per rate-limit window
+    # /metrics, /stats, /celebrity-stats: open to anyone, admin token only, or open on a separate
+    # listener (SN_MONITORING_LISTEN, host:port) and admin token only on the main port.
+    monitoring_access: Literal["open", "admin", "listen"] = "open"
+    monitoring_listen: str | None = None
 
     # Storage.
     db_pool_min: int = 2
@@ -110,6 +121,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         import socket
 
         return self.node_id or f"{socket.gethostname()}:{self.port}"
+
+    def monitoring_address(self) -> tuple[str, int]:
+        """SN_MONITORING_LISTEN as (host, port); ValueError naming the setting when malformed."""
+        host, _, port = (self.monitoring_listen or "").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("SN_MONITORING_ACCESS=listen needs SN_MONITORING_LISTEN=host:port")
+        if int(port) == self.port:
+            raise ValueError("SN_MONITORING_LISTEN must use another port than SN_PORT")
+        return host.strip("[]"), int(port)
 
     def require_secret(self) -> str:
         if not self.jwt_secret:
@@ -227,6 +247,17 @@ def _validate(settings: Settings) -> None:
         problems.append("SN_LOOP_MAX_RESTARTS must be >= 0 and SN_LOOP_RESTART_WINDOW_SECONDS > 0")
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
+    if min(settings.ws_max_per_user, settings.ws_max_per_address, settings.ws_max_per_worker) < 0:
+        problems.append("SN_WS_MAX_PER_USER/ADDRESS/WORKER must be >= 0 (0 disables)")
+    if settings.ws_connect_rate < 0:
+        problems.append("SN_WS_CONNECT_RATE must be >= 0 (0 disables)")
+    if settings.header_timeout_seconds <= 0 or settings.keep_alive_timeout_seconds <= 0:
+        problems.append("SN_HEADER_TIMEOUT_SECONDS and SN_KEEP_ALIVE_TIMEOUT_SECONDS must be > 0")
+    if settings.monitoring_access == "listen":
+        try:
+            settings.monitoring_address()
+        except ValueError as exc:
+            problems.append(str(exc))
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         problems.append("SN_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if problems:

@@ -125,6 +125,10 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
         "SN_JWT_SECRET": JWT_SECRET,
         "SN_RATE_LIMIT_AUTH": "0",
         "SN_RATE_LIMIT_WRITE": "0",
+        # The suite opens many sockets from one address; tests/security runs servers with limits.
+        "SN_WS_CONNECT_RATE": "0",
+        "SN_WS_MAX_PER_ADDRESS": "0",
+        "SN_WS_MAX_PER_USER": "0",
         "SN_LOG_LEVEL": "INFO",
         # Servers sharing a Redis database would otherwise compete for one pipeline (and steal
         # each other's events) when two test sessions overlap on one machine.

@@ -156,8 +156,9 @@ def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any
         time.sleep(interval)
 
 
-def admin_token(secret: str, user_id: str = "1") -> str:
+def admin_token(secret: str, user_id: str, *, ttl: int = 3600) -> str:
+    """An admin token for an existing user (the server refuses tokens of users that do not exist)."""
     import jwt
 
     now = int(time.time())
-    return jwt.encode({"sub": user_id, "iat": now, "exp": now + 3600, "admin": True}, secret, algorithm="HS256")
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, "admin": True}, secret, algorithm="HS256")

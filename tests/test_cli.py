@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import FAST_HASHING, ROOT, free_port, kill_session, port_open, user_payload
+from tests.support import FAST_HASHING, ROOT, User, free_port, kill_session, port_open, user_payload
 
 pytestmark = pytest.mark.slow
 
@@ -99,23 +100,35 @@ def test_serve_refuses_to_start_without_secret(database_url: str, redis_url: str
     assert "SN_JWT_SECRET" in result.stderr
 
 
-def test_admin_token_is_signed_with_the_configured_secret() -> None:
-    import jwt
-
-    secret = "s" * 40
-    env = {**os.environ, "SN_JWT_SECRET": secret}
-    out = subprocess.run(
-        [sys.executable, "-m", "sn", "admin-token", "--user-id", "42"],
+def _admin_token_command(database_url: str, user_id: str, secret: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SN_JWT_SECRET": secret, "SN_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "sn", "admin-token", "--user-id", user_id],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
-    ).stdout.strip()
-    claims = jwt.decode(out, secret, algorithms=["HS256"])
-    assert claims["sub"] == "42"
+    )
+
+
+def test_admin_token_is_signed_with_the_configured_secret(database_url: str, make_user: Callable[..., User]) -> None:
+    import jwt
+
+    secret = "s" * 40
+    user = make_user()
+    result = _admin_token_command(database_url, user.id, secret)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == user.id
     assert claims["admin"] is True
+
+
+def test_admin_token_refuses_a_user_that_does_not_exist(database_url: str) -> None:
+    result = _admin_token_command(database_url, "999", "s" * 40)
+    assert result.returncode == 2
+    assert "no user with id 999" in result.stderr
+    assert not result.stdout
 
 
 def test_dev_refuses_a_busy_port_before_starting_anything(tmp_path: Path) -> None:

@@ -41,11 +41,37 @@ def decode_body(request: Request, model: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[model] = msgspec.json.Decoder(model)
     try:
-        return decoder.decode(body)  # type: ignore[no-any-return]
+        value = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid field: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("malformed JSON: nested too deeply") from exc
+    _reject_nul(value, "$")
+    return value  # type: ignore[no-any-return]
+
+
+def _reject_nul(value: object, where: str) -> None:
+    """PostgreSQL text cannot hold U+0000 (a JSON "\\u0000" decodes to it): refused by name here
+    rather than failing in the database as a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(f"invalid field: NUL characters (\\u0000) are not allowed - at `{where}`")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nul(item, f"{where}[{index}]")
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _reject_nul(getattr(value, name), f"{where}.{name}")
+
+
+async def reject_nul_query(request: Request) -> None:
+    """Request middleware: a NUL in the query string (raw or %00) is refused before any handler
+    passes it to PostgreSQL or Redis."""
+    query = request.query_string
+    if query and ("\x00" in query or "%00" in query):
+        raise BadRequest("query string: NUL characters (%00) are not allowed")
 
 
 def text_field(value: str, *, name: str, max_chars: int) -> str:
@@ -93,19 +119,40 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+async def authenticate(request: Request) -> None:
+    """Request middleware: check a bearer token (signature, expiry, and that its subject is a user)
+    before the handler, which reads the outcome synchronously (`current_user` and friends).
+
+    The outcome, failures included, is kept rather than raised: a route that takes no token (say
+    /login with a stale header) must not fail because of one."""
+    request.ctx.auth = None
+    try:
+        token = bearer_token(request)
+        if token is not None:
+            request.ctx.auth = await services(request).tokens.authenticate(token)
+    except Exception as exc:
+        request.ctx.auth = exc
+
+
+def _auth(request: Request) -> tuple[int, dict[str, object]] | None:
+    auth: tuple[int, dict[str, object]] | Exception | None = getattr(request.ctx, "auth", None)
+    if isinstance(auth, Exception):
+        raise auth
+    return auth
+
+
 def current_user(request: Request) -> int:
-    token = bearer_token(request)
-    if token is None:
+    auth = _auth(request)
+    if auth is None:
         raise Unauthorized("missing bearer token")
-    user_id, _ = services(request).tokens.verify(token)
-    return user_id
+    return auth[0]
 
 
 def current_admin(request: Request) -> int:
-    token = bearer_token(request)
-    if token is None:
+    auth = _auth(request)
+    if auth is None:
         raise Unauthorized("missing bearer token")
-    user_id, claims = services(request).tokens.verify(token)
+    user_id, claims = auth
     if claims.get("admin") is not True:
         raise Forbidden("admin token required (see `sn admin-token`)")
     return user_id
@@ -113,8 +160,8 @@ def current_admin(request: Request) -> int:
 
 def optional_user(request: Request) -> int | None:
     """The spec lets some reads go without a token, but a token that is sent must be valid."""
-    token = bearer_token(request)
-    return services(request).tokens.verify(token)[0] if token is not None else None
+    auth = _auth(request)
+    return auth[0] if auth is not None else None
 
 
 def client_ip(request: Request) -> str:

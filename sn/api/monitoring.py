@@ -16,6 +16,27 @@ from sn.metrics import render
 
 bp = Blueprint("monitoring")
 
+# Routes served on the monitoring listener (SN_MONITORING_ACCESS=listen); the probes too, so a
+# scraper or an operator on that address can tell a live server from a dead one.
+LISTENER_PATHS = frozenset({"/metrics", "/stats", "/celebrity-stats", "/health", "/ready"})
+
+
+def on_monitoring_listener(request: Request) -> bool:
+    settings = request.app.ctx.settings
+    if settings.monitoring_access != "listen":
+        return False
+    conn_info = request.conn_info
+    return conn_info is not None and conn_info.server_port == settings.monitoring_address()[1]
+
+
+def _require_monitoring_access(request: Request) -> None:
+    """SN_MONITORING_ACCESS: `open` lets anyone read; `admin` wants an admin token; `listen` serves
+    the monitoring listener without one and wants an admin token on the main port."""
+    access = request.app.ctx.settings.monitoring_access
+    if access == "open" or on_monitoring_listener(request):
+        return
+    current_admin(request)
+
 
 class CelebritySettingsRequest(msgspec.Struct, forbid_unknown_fields=True):
     celebrity_threshold: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] | None = None
@@ -31,6 +52,7 @@ class TestPostRequest(msgspec.Struct):
 
 @bp.get("/stats")
 async def stats(request: Request) -> HTTPResponse:
+    _require_monitoring_access(request)
     app = services(request)
     workers = await cluster_stats(app.redis)
     live = await app.live.refresh()
@@ -66,6 +88,7 @@ async def stats(request: Request) -> HTTPResponse:
 
 @bp.get("/celebrity-stats")
 async def celebrity_stats(request: Request) -> HTTPResponse:
+    _require_monitoring_access(request)
     app = services(request)
     live = await app.live.refresh()
     celebrities = await app.social.celebrities(live.celebrity_threshold)
@@ -119,4 +142,5 @@ async def test_post(request: Request) -> HTTPResponse:
 
 @bp.get("/metrics")
 async def prometheus(request: Request) -> HTTPResponse:
+    _require_monitoring_access(request)
     return HTTPResponse(render(), content_type="text/plain; version=0.0.4; charset=utf-8")

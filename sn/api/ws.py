@@ -18,8 +18,9 @@ from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
 from sn.actors.encoding import Dialect
 from sn.actors.hub import Hub
 from sn.actors.socket import SocketActor
-from sn.api.common import path_id, record_access, services
-from sn.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
+from sn.api.common import client_ip, enforce_rate_limit, path_id, record_access, services
+from sn.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from sn.storage.connlimits import ConnectionLimits, Refusal, Slot
 from sn.websocket import handshake
 from sn.websocket.frames import OP_TEXT, encode_frame
 
@@ -33,6 +34,9 @@ CLOSE_INTERNAL_ERROR = 1011
 # Presence and replay must be done within this, or the socket is closed (1011) and the client
 # reconnects: a socket without them would stay open and silently miss events.
 SETUP_TIMEOUT_SECONDS = 10.0
+# A refused socket (per-user or per-address limit) may retry after this: a slot frees only when
+# another of its sockets closes, so an immediate retry would be refused again.
+LIMIT_RETRY_AFTER_SECONDS = 10
 
 
 def _token(request: Request) -> str:
@@ -53,7 +57,13 @@ async def authenticate_upgrade(request: Request) -> None:
         return
     if request.app.ctx.draining:
         raise ServiceUnavailable("server (draining)", retry_after=1)
-    user_id, _ = services(request).tokens.verify(_token(request))
+    app = services(request)
+    # Counted before the token is looked at: a flood of handshakes with guessed tokens is one too.
+    await enforce_rate_limit(request, "ws-connect", client_ip(request), app.settings.ws_connect_rate)
+    per_worker = app.settings.ws_max_per_worker
+    if per_worker and app.hub.connections >= per_worker:
+        raise ServiceUnavailable(f"websocket capacity of this worker ({per_worker} connections)", retry_after=5)
+    user_id, _ = await app.tokens.authenticate(_token(request))
     if dialect == Dialect.SEED and path_id(request.match_info["user_id"], "user_id") != user_id:
         raise Forbidden("token subject does not match the user id in the path")
     request.ctx.ws_user = user_id
@@ -87,13 +97,24 @@ async def _serve(request: Request, dialect: Dialect) -> None:
     transport = http.transport
     if transport is None or transport.is_closing():
         return  # the client left during authentication
+    slot = await app.conn_limits.acquire(request.ctx.ws_user, client_ip(request))
+    if isinstance(slot, Refusal):
+        whose = "this user" if slot.subject == "user" else "this client address"
+        raise TooManyRequests(
+            f"too many websocket connections for {whose}: {slot.held} open, limit {slot.limit}",
+            headers={"Retry-After": str(LIMIT_RETRY_AFTER_SECONDS)},
+        )
+    if transport.is_closing():  # (left while being counted)
+        app.conn_limits.release(slot)
+        return
     state = ConnectionState(
         dialect=dialect,
         max_frame_bytes=MAX_FRAME_BYTES,
         outbox_capacity=OUTBOX_CAPACITY,
         stats_provider=_stats_provider(hub),
     )
-    actor = SocketActor(transport, request.ctx.ws_user, state, hub, max_message_bytes=MAX_FRAME_BYTES)
+    actor = CountedSocket(transport, request.ctx.ws_user, state, hub, max_message_bytes=MAX_FRAME_BYTES)
+    actor.counted(app.conn_limits, slot)
     # The 101 and the welcome frame in one write: one syscall and one packet per handshake.
     welcome = b"".join(encode_frame(OP_TEXT, action.payload) for action in _replies(state.welcome(time.time())))
     transport.write(response + welcome)
@@ -118,6 +139,21 @@ async def _serve(request: Request, dialect: Dialect) -> None:
         actor.shutdown(CLOSE_INTERNAL_ERROR, "server error during connection setup; reconnect")
         if not isinstance(exc, Exception):
             raise
+
+
+class CountedSocket(SocketActor):
+    """A socket that gives its per-user and per-address counts back when it closes."""
+
+    __slots__ = ("_limits", "_slot")
+
+    def counted(self, limits: ConnectionLimits, slot: Slot) -> None:
+        self._limits = limits
+        self._slot = slot
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        slot, self._slot = self._slot, Slot(())
+        self._limits.release(slot)
 
 
 def _take_over(request: Request, http: Any, actor: SocketActor) -> None:

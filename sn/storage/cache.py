@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from redis.asyncio import Redis
@@ -118,3 +118,14 @@ class ProfileCache:
     async def forget(self, user_id: int) -> None:
         self._local.pop(user_id, None)
         await self._redis.delete(_USER_KEY.format(user_id))
+
+    async def exists(self, user_id: int, load: Callable[[int], Awaitable[User | None]]) -> bool:
+        """Whether the user exists: a cached profile says yes; otherwise ``load`` (the database)
+        decides, and a profile it finds is cached for the next request (and /user/get)."""
+        if await self.get_raw(user_id) is not None:
+            return True
+        user = await load(user_id)
+        if user is None:
+            return False
+        await self.put(user)
+        return True

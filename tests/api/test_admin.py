@@ -13,15 +13,15 @@ import pytest
 
 from tests import citus_support
 from tests.conftest import JWT_SECRET
-from tests.support import User, admin_token
+from tests.support import User, admin_token, register
 
 ON_CITUS = citus_support.rest_on_citus()
 MODE = "citus" if ON_CITUS else "single-node"
 
 
 @pytest.fixture(scope="module")
-def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+def admin(client: httpx.Client) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_token(JWT_SECRET, register(client).id)}"}
 
 
 def test_cluster_status_requires_an_admin_token(client: httpx.Client, make_user: Callable[..., User]) -> None:

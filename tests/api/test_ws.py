@@ -300,7 +300,7 @@ async def test_slow_consumer_is_closed_and_others_unaffected(
     assert b"101" in raw.recv(200)
     fast = await open_socket(server, fast_user)
     sockets.append(fast)
-    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET, make_user().id)}"}
     # Enough bytes to fill the kernel buffers on both sides and then the 256-frame mailbox.
     text = "x" * 10_000
     count = 800
@@ -344,7 +344,7 @@ async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
     sockets: list[ClientConnection],
     redis_client: redis.Redis,
 ) -> None:
-    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET, make_user().id)}"}
     celebrity, normal_author, fan = make_user(), make_user(), make_user()
     followers = [make_user() for _ in range(6)]
     for follower in followers:
@@ -411,7 +411,7 @@ def test_monitoring_endpoints_and_admin_checks(client: httpx.Client, make_user: 
     assert stats["celebrity_handler"]["threshold"] >= 1
     assert client.post("/celebrity-settings", json={"batch_size": 5}).status_code == 401
     assert client.post("/celebrity-settings", json={"batch_size": 5}, headers=user.auth).status_code == 403
-    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET, make_user().id)}"}
     for bad in ({"batch_size": 0}, {"batch_delay": -1}, {"celebrity_threshold": "x"}, {"unknown": 1}):
         response = client.post("/celebrity-settings", json=bad, headers=admin)
         assert response.status_code == 400, bad
