@@ -864,7 +864,8 @@ async def run_sn(args: argparse.Namespace) -> None:
     fleet = Fleet(args.shards, args.port)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as http:
-        sn = SnTarget(base_url, args.secret, token(args.secret, 1, admin=True), http, worker_pids(args.log))
+        # (The server accepts tokens of existing users only: the admin is a seeded one.)
+        sn = SnTarget(base_url, args.secret, token(args.secret, graph.big, admin=True), http, worker_pids(args.log))
         try:
             followers = graph.mid_followers[: args.connections]
             specs = [(i, ws_path(uid, args.secret)) for i, uid in enumerate(followers)]

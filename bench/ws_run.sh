@@ -201,6 +201,7 @@ if [[ " $SCENARIOS " == *" sn "* ]]; then
     PORT=$("$PY" bench/helpers.py free-port)
     SN_DATABASE_URL=$DATABASE_URL SN_REDIS_URL=$REDIS_URL SN_JWT_SECRET=$SECRET SN_HOST=127.0.0.1 SN_PORT=$PORT \
         SN_WORKERS=2 SN_BACKLOG=$BACKLOG SN_RATE_LIMIT_AUTH=0 SN_RATE_LIMIT_WRITE=0 \
+        SN_WS_MAX_PER_ADDRESS=0 SN_WS_CONNECT_RATE=0 SN_WS_MAX_PER_USER=0 \
         setsid "$PY" -m sn serve >"$OUT/sn-server.log" 2>&1 &
     SERVER_PID=$!
     wait_log "$OUT/sn-server.log" "worker ready" 2 60

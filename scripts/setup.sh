@@ -138,7 +138,7 @@ cat <<EOF
 sn is up: http://localhost:$port
   readiness   curl -s http://localhost:$port/ready
   logs        docker compose -f deploy/compose/compose.yaml logs -f app
-  admin token docker compose -f deploy/compose/compose.yaml exec app sn admin-token
+  admin token docker compose -f deploy/compose/compose.yaml exec app sn admin-token --user-id <a user id>
   RabbitMQ    http://127.0.0.1:$mq_port (user sn, RABBITMQ_PASSWORD from deploy/compose/.env)
   Citus       postgresql://postgres:<POSTGRES_PASSWORD>@127.0.0.1:$pg_port/sn
   stop        make compose-down (scripts/cleanup.sh: removes the containers and the data)

@@ -42,6 +42,12 @@ class TooManyRequests(ApiError):
     status = 429
 
 
+class Overloaded(ApiError):
+    """This server has no room for the request (not a dependency failure): 503, retry later."""
+
+    status = 503
+
+
 class ServiceUnavailable(Exception):
     """A dependency (PostgreSQL, Redis, RabbitMQ) does not answer: 503 with Retry-After."""
 

@@ -53,6 +53,11 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"SN_ACCESS_LOG": "maybe"}, "SN_ACCESS_LOG"),
         ({"SN_LOG_LEVEL": "LOUD"}, "SN_LOG_LEVEL"),
         ({"CELEBRITY_BATCH_SIZE": "0"}, "CELEBRITY_BATCH_SIZE"),
+        ({"SN_MONITORING_ACCESS": "listen"}, "SN_MONITORING_LISTEN=host:port"),
+        ({"SN_MONITORING_ACCESS": "listen", "SN_MONITORING_LISTEN": "0.0.0.0:9000"}, "another port"),
+        ({"SN_MONITORING_ACCESS": "public"}, "monitoring_access"),
+        ({"SN_WS_MAX_PER_USER": "-1"}, "SN_WS_MAX_PER_USER"),
+        ({"SN_HEADER_TIMEOUT_SECONDS": "0"}, "SN_HEADER_TIMEOUT_SECONDS"),
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str], fragment: str) -> None:

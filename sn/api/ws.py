@@ -19,7 +19,7 @@ from sn.actors.encoding import Dialect
 from sn.actors.hub import Hub
 from sn.actors.socket import SocketActor
 from sn.api.common import client_ip, enforce_rate_limit, path_id, record_access, services
-from sn.errors import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from sn.errors import BadRequest, Forbidden, Overloaded, ServiceUnavailable, TooManyRequests, Unauthorized
 from sn.storage.connlimits import ConnectionLimits, Refusal, Slot
 from sn.websocket import handshake
 from sn.websocket.frames import OP_TEXT, encode_frame
@@ -62,7 +62,10 @@ async def authenticate_upgrade(request: Request) -> None:
     await enforce_rate_limit(request, "ws-connect", client_ip(request), app.settings.ws_connect_rate)
     per_worker = app.settings.ws_max_per_worker
     if per_worker and app.hub.connections >= per_worker:
-        raise ServiceUnavailable(f"websocket capacity of this worker ({per_worker} connections)", retry_after=5)
+        raise Overloaded(
+            f"websocket capacity of this worker reached ({per_worker} connections): retry later",
+            headers={"Retry-After": "5"},
+        )
     user_id, _ = await app.tokens.authenticate(_token(request))
     if dialect == Dialect.SEED and path_id(request.match_info["user_id"], "user_id") != user_id:
         raise Forbidden("token subject does not match the user id in the path")

