@@ -8,7 +8,8 @@ request must be complete within ``HEADER_TIMEOUT`` (app config, SN_HEADER_TIMEOU
 first byte, however the bytes trickle in; else the client gets 408 and the connection is closed.
 A connection that sends nothing at all, or idles between requests, is closed after
 KEEP_ALIVE_TIMEOUT (SN_KEEP_ALIVE_TIMEOUT_SECONDS) as before. Timeouts are checked by Sanic's
-per-connection timer, whose period here is also at most half the head timeout.
+per-connection timer, whose period here is at most half the shortest timeout (the head timeout
+included), and which fires at the head's deadline while a head is being received.
 
 Reference cycle. Sanic's ``Http`` stores one of its own bound methods (``response_func =
 self.http1_response_header``), so every finished connection leaves a cycle — the ``Http``, its
@@ -86,8 +87,11 @@ class ConnectionProtocol(HttpProtocol):
                 http.exception = ServiceUnavailable("Response Timeout")
             else:
                 timeouts = (self.keep_alive_timeout, self.request_timeout, self.response_timeout, self._header_timeout)
-                interval = min(timeouts)
-                self._callback_check_timeouts = self.loop.call_later(max(0.1, interval / 2), self.check_timeouts)
+                interval = min(timeouts) / 2
+                if stage is Stage.REQUEST:
+                    # The next check at the head's deadline, not up to half a timeout after it.
+                    interval = min(interval, self._head_started + self._header_timeout - now + 0.01)
+                self._callback_check_timeouts = self.loop.call_later(max(0.1, interval), self.check_timeouts)
                 return
             task.cancel("connection timeout")
         except Exception:

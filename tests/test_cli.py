@@ -86,6 +86,18 @@ def test_sn_dev_from_clean_var(tmp_path: Path) -> None:
         _wait_ready(proc, port, tmp_path)
         login = httpx.post(f"http://127.0.0.1:{port}/login", json={"id": user_id, "password": body["password"]})
         assert login.status_code == 200  # data (and the dev secret) survived the restart
+        # `sn admin-token` finds the dev secret and the embedded database (it checks the user) by itself.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SN_") and k != "DATABASE_URL"}
+        env["PYTHONPATH"] = str(ROOT)
+        command = [sys.executable, "-m", "sn", "admin-token", "--user-id"]
+        issued = subprocess.run([*command, user_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+        assert issued.returncode == 0, issued.stderr
+        admin = {"Authorization": f"Bearer {issued.stdout.strip()}"}
+        settings = httpx.post(f"http://127.0.0.1:{port}/celebrity-settings", json={"batch_size": 50}, headers=admin)
+        assert settings.status_code == 200, settings.text
+        refused = subprocess.run([*command, "999"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 2
+        assert "no user with id 999" in refused.stderr
     finally:
         assert _stop(proc) == 0
 

@@ -12,7 +12,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support import User, register, user_payload
+from tests.conftest import JWT_SECRET
+from tests.support import User, admin_token, register, user_payload
 
 MEGABYTE = "x" * 1_000_000
 PAYLOADS: dict[str, str] = {
@@ -133,7 +134,27 @@ def test_hostile_strings_everywhere(client: httpx.Client, people: tuple[User, Us
     call("ws path", "GET", f"/ws/{segment}?token={me.token}")
     call("ws token", "GET", f"/post/feed/posted?token={segment}")
     call("ws since", "GET", f"/post/feed/posted?token={me.token}&since={segment}")
-    call("celebrity-settings body", "POST", "/celebrity-settings", headers=json_headers, content=body({"x": value}))
+    admin_headers = {"Authorization": f"Bearer {admin_token(JWT_SECRET, me.id)}", "Content-Type": "application/json"}
+    call(
+        "celebrity-settings unknown field",
+        "POST",
+        "/celebrity-settings",
+        headers=admin_headers,
+        content=body({"x": value}),
+    )
+    call(
+        "celebrity-settings batch_size",
+        "POST",
+        "/celebrity-settings",
+        headers=admin_headers,
+        content=body({"batch_size": value}),
+    )
+    for field in ("post_id", "author_user_id", "post_text"):
+        test_post = {"post_id": "1", "author_user_id": me.id, "post_text": "x", field: value}
+        call(f"test-post {field}", "POST", "/test-post", headers=admin_headers, content=body(test_post))
+    call("hot-users path", "POST", f"/admin/hot-users/{segment}", headers=admin_headers)
+    call("hot-users action", "POST", f"/admin/hot-users/{me.id}?action={segment}", headers=admin_headers)
+    call("search limit", "GET", f"/user/search?first_name=a&last_name=b&limit={segment}")
     if "\r" not in value and "\n" not in value and "\x00" not in value and value.isascii():
         call("bearer token", "GET", "/post/feed", headers={"Authorization": f"Bearer {value}"})
         call("request id", "GET", "/health", headers={"X-Request-ID": value[:8000]})
