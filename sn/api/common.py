@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, TypeVar
 
@@ -45,11 +46,19 @@ def decode_body(request: Request, model: type[T]) -> T:
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid field: {exc}") from exc
     except msgspec.DecodeError as exc:
+        if _LONE_SURROGATE.search(body):  # (msgspec calls it "Input data was truncated")
+            raise BadRequest("malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string") from exc
         raise BadRequest(f"malformed JSON: {exc}") from exc
     except RecursionError as exc:
         raise BadRequest("malformed JSON: nested too deeply") from exc
     _reject_nul(value, "$")
     return value  # type: ignore[no-any-return]
+
+
+# A high surrogate escape not followed by a low one, or a low one not preceded by a high one.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<![0-9a-fA-F]{4})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 
 
 def _reject_nul(value: object, where: str) -> None:

@@ -185,3 +185,19 @@ def test_oversized_request_parts(client: httpx.Client, people: tuple[User, User,
     many_headers = client.get("/health", headers={f"X-Pad-{i}": "y" * 100 for i in range(200)})
     assert 400 <= many_headers.status_code < 500
     assert many_headers.json()["message"]
+
+
+def test_unstorable_text_is_named(client: httpx.Client, people: tuple[User, User, str]) -> None:
+    me, _, _ = people
+    headers = {**me.auth, "Content-Type": "application/json"}
+    nul = client.post("/post/create", headers=headers, content=body({"text": "a\x00b"}))
+    assert nul.status_code == 400
+    assert nul.json()["message"] == "invalid field: NUL characters (\\u0000) are not allowed - at `$.text`"
+    surrogate = client.post("/post/create", headers=headers, content=body({"text": "a\ud800b"}))
+    assert surrogate.status_code == 400
+    assert "lone UTF-16 surrogate" in surrogate.json()["message"]
+    paired = client.post("/post/create", headers=headers, content=body({"text": "ok \U0001f600"}))
+    assert paired.status_code == 200  # (a proper pair is fine)
+    query = client.get("/user/search?first_name=%00&last_name=")
+    assert query.status_code == 400
+    assert query.json()["message"] == "query string: NUL characters (%00) are not allowed"
