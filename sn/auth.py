@@ -22,11 +22,13 @@ class TokenService:
     # Verified tokens, per worker: a client sends the same token on every request, and HMAC
     # verification plus claim parsing was ~9% of a cached feed read. Bounded; expiry re-checked.
     CACHE_SIZE = 10_000
-    # A token's subject found to be a user is believed this long (users are never deleted through
-    # the API; the bound only limits how long a user removed by hand keeps working)...
-    SUBJECT_CONFIRMED_SECONDS = 300.0
-    # ...and a subject found to be no user is refused this long without asking again: a client
-    # retrying such a token in a loop costs a dict lookup, not a Redis and a database query.
+    # Subjects checked against the users, per worker: user id -> (exists, until). Keyed by user,
+    # not token, so a client's fresh token (a reconnect storm's) costs no lookup. A user found is
+    # believed for an hour (users are never deleted through the API; the bound only limits how long
+    # one removed by hand keeps working); one not found is refused for a few seconds without asking
+    # again, so a client retrying such a token in a loop costs a dict lookup, not Redis and SQL.
+    SUBJECTS_SIZE = 100_000
+    SUBJECT_CONFIRMED_SECONDS = 3600.0
     SUBJECT_ABSENT_SECONDS = 5.0
 
     def __init__(
@@ -40,8 +42,7 @@ class TokenService:
         self._ttl = ttl_seconds
         self._verified: OrderedDict[str, tuple[int, dict[str, object], float]] = OrderedDict()
         self._user_exists = user_exists
-        self._confirmed: dict[str, float] = {}  # token -> until (monotonic); bounded with _verified
-        self._absent: OrderedDict[int, float] = OrderedDict()  # user id -> until (monotonic)
+        self._subjects: dict[int, tuple[bool, float]] = {}  # (insertion order: oldest evicted first)
 
     def bind_subjects(self, user_exists: Callable[[int], Awaitable[bool]]) -> None:
         """From now on `authenticate` accepts only tokens whose subject ``user_exists``."""
@@ -55,21 +56,16 @@ class TokenService:
         if self._user_exists is None:
             return user_id, claims
         now = time.monotonic()
-        confirmed = self._confirmed.get(token)
-        if confirmed is not None and confirmed > now:
-            return user_id, claims
-        absent = self._absent.get(user_id)
-        if absent is not None and absent > now:
+        known = self._subjects.get(user_id)
+        if known is None or known[1] <= now:
+            exists = await self._user_exists(user_id)
+            known = (exists, now + (self.SUBJECT_CONFIRMED_SECONDS if exists else self.SUBJECT_ABSENT_SECONDS))
+            self._subjects.pop(user_id, None)
+            self._subjects[user_id] = known
+            if len(self._subjects) > self.SUBJECTS_SIZE:
+                del self._subjects[next(iter(self._subjects))]
+        if not known[0]:
             raise Unauthorized("token subject is not a user")
-        if not await self._user_exists(user_id):
-            self._absent[user_id] = now + self.SUBJECT_ABSENT_SECONDS
-            self._absent.move_to_end(user_id)
-            if len(self._absent) > self.CACHE_SIZE:
-                self._absent.popitem(last=False)
-            raise Unauthorized("token subject is not a user")
-        self._absent.pop(user_id, None)
-        if token in self._verified:  # (else evicted meanwhile: checked again next time)
-            self._confirmed[token] = now + self.SUBJECT_CONFIRMED_SECONDS
         return user_id, claims
 
     def issue(self, user_id: int, *, admin: bool = False, ttl_seconds: int | None = None) -> str:
@@ -86,12 +82,10 @@ class TokenService:
             if hit[2] > time.time():
                 return hit[0], hit[1]
             del self._verified[token]
-            self._confirmed.pop(token, None)
         user_id, claims = self._verify(token)
         self._verified[token] = (user_id, claims, float(claims["exp"]))  # type: ignore[arg-type]
         if len(self._verified) > self.CACHE_SIZE:
-            evicted, _ = self._verified.popitem(last=False)
-            self._confirmed.pop(evicted, None)
+            self._verified.popitem(last=False)
         return user_id, claims
 
     def _verify(self, token: str) -> tuple[int, dict[str, object]]:

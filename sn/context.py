@@ -185,7 +185,7 @@ class Services:
             feeds=feeds,
             feed=feed,
             social=social,
-            rate_limiter=RateLimiter(redis, window_seconds=settings.rate_limit_window_seconds),
+            rate_limiter=RateLimiter(mux, window_seconds=settings.rate_limit_window_seconds),
             live=live,
             bus=bus,
             relay=OutboxRelay(pool, bus, QueueRouter(social, live)),

@@ -45,7 +45,8 @@ async def test_authenticate_needs_an_existing_subject_and_remembers_the_answer()
     good, ghost = tokens.issue(7), tokens.issue(999)
     assert (await tokens.authenticate(good))[0] == 7
     assert (await tokens.authenticate(good))[0] == 7
-    assert asked == [7]  # confirmed once per token
+    assert (await tokens.authenticate(tokens.issue(7, ttl_seconds=90)))[0] == 7  # a fresh token of the same user
+    assert asked == [7]  # confirmed once per user
     for _ in range(3):
         with pytest.raises(Unauthorized, match="token subject is not a user"):
             await tokens.authenticate(ghost)
@@ -53,7 +54,7 @@ async def test_authenticate_needs_an_existing_subject_and_remembers_the_answer()
     with pytest.raises(Unauthorized, match="token subject is not a user"):
         await tokens.authenticate(tokens.issue(999, ttl_seconds=120))  # another token, same subject
     assert asked == [7, 999]
-    tokens._absent[999] = 0.0  # (the brief refusal lapsed) and the user now exists
+    tokens._subjects[999] = (False, 0.0)  # (the brief refusal lapsed) and the user now exists
     existing.add(999)
     assert (await tokens.authenticate(ghost))[0] == 999
     with pytest.raises(Unauthorized, match="invalid token"):

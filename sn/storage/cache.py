@@ -120,12 +120,17 @@ class ProfileCache:
         await self._redis.delete(_USER_KEY.format(user_id))
 
     async def exists(self, user_id: int, load: Callable[[int], Awaitable[User | None]]) -> bool:
-        """Whether the user exists: a cached profile says yes; otherwise ``load`` (the database)
-        decides, and a profile it finds is cached for the next request (and /user/get)."""
-        if await self.get_raw(user_id) is not None:
+        """Whether the user exists (for tokens: see TokenService.authenticate). A profile in this
+        worker's memory or in Redis says yes; otherwise ``load`` (the database) decides, and a
+        profile it finds goes to Redis for the next worker and for /user/get. On the pipelined
+        client, and without copying profiles into this worker's memory: a reconnect storm checks
+        thousands of users whose profiles nobody reads."""
+        key = _USER_KEY.format(user_id)
+        if self._ttl > 0 and (user_id in self._local or await self._reads.execute("EXISTS", key)):
             return True
         user = await load(user_id)
         if user is None:
             return False
-        await self.put(user)
+        if self._ttl > 0:
+            await self._reads.execute("SET", key, _post_encoder.encode(user), "EX", self._ttl)
         return True
