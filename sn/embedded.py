@@ -667,7 +667,7 @@ class EmbeddedPostgres(_ChildServer):
             f"--username={PG_SUPERUSER}",
             "--auth=trust",
             "--encoding=UTF8",
-            "--no-locale",
+            *_locale_options(bindir),
             "--no-instructions",
         ]
         try:
@@ -727,6 +727,33 @@ class EmbeddedPostgres(_ChildServer):
                 f"creating database {self.database!r} failed: {result.stderr.decode(errors='replace').strip()}",
                 _log_tail(self.log_path, self._log_offset),
             )
+
+
+def _locale_options(bindir: Path) -> list[str]:
+    """A UTF-8 character locale for the new cluster, so that lower()/upper() and regular
+    expressions know more than ASCII (name search does not rely on it: see storage/name_keys).
+
+    PostgreSQL 17+ has a built-in C.UTF-8 that needs nothing from the OS; before that, libc's
+    C.UTF-8 (or en_US.UTF-8) when the system has it; else the C locale, as before."""
+    try:
+        out = subprocess.run(
+            [str(bindir / "initdb"), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+        major = int(out.split()[-1].split(".")[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        major = 0
+    if major >= 17:
+        # Collation stays C (byte order, the fastest); the character classes are Unicode's.
+        return ["--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--locale=C"]
+    try:
+        available = subprocess.run(["locale", "-a"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        available = ""
+    names = {name.strip().lower().replace("-", ""): name.strip() for name in available.splitlines()}
+    for wanted in ("c.utf8", "en_us.utf8"):
+        if wanted in names:
+            return [f"--lc-ctype={names[wanted]}", "--lc-collate=C", "--lc-messages=C", "--lc-monetary=C"]
+    return ["--no-locale"]
 
 
 class _PgReady:

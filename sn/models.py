@@ -18,15 +18,17 @@ Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256, description
 
 
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=False):
+    # The OTUS spec types every field as a string: null is refused (400 naming the field), an
+    # optional one is left out to leave it unset, and reads give it back as "" (see User).
     first_name: Name
     second_name: Name
     birthdate: dt.date
     password: Password
     city: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    biography: Annotated[str, msgspec.Meta(max_length=5000)] | None = None
-    gender: Annotated[str, msgspec.Meta(max_length=32)] | None = None
-    interests: list[Annotated[str, msgspec.Meta(max_length=100)]] | str | None = None
-    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    biography: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+    gender: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    interests: list[Annotated[str, msgspec.Meta(max_length=100)]] | str = msgspec.field(default_factory=list)
+    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] = ""
 
 
 class RegisterResponse(msgspec.Struct):
@@ -43,14 +45,16 @@ class LoginResponse(msgspec.Struct):
 
 
 class User(msgspec.Struct):
+    """A profile. Never null: an unset biography or gender is "", unset interests are []."""
+
     id: UserId
     first_name: str
     second_name: str
     birthdate: dt.date
-    biography: str | None
+    biography: str
     city: str
-    gender: str | None
-    interests: list[str] | None
+    gender: str
+    interests: list[str]
 
 
 class PostCreateRequest(msgspec.Struct):

@@ -54,6 +54,7 @@ from sn.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS, IdGenerator, timesta
 from sn.settings import Settings, SettingsError
 from sn.storage.idlease import GeneratorLease
 from sn.storage.migrations import migrate
+from sn.storage.name_keys import search_key
 
 SEEDER_GENERATOR_ID = 1023
 
@@ -407,6 +408,9 @@ class _Generator:
     # Encoded post texts to pick from: composing each of 500k posts anew costs seconds.
     ru_texts: list[bytes] = field(default_factory=list)
     en_texts: list[bytes] = field(default_factory=list)
+    # Names repeat (a few hundred of them): each one's search key is computed once.
+    name_keys: dict[str, str] = field(default_factory=dict)
+    celebrity_ids: list[int] = field(default_factory=list)
 
     def make_user_ids(self) -> None:
         n = self.plan.users
@@ -453,7 +457,13 @@ class _Generator:
             email = f"{first_latin}.{last_latin}.{uid}@{rnd.choice(_EMAIL_DOMAINS)}".lower()
             birthdate = dt.date.fromordinal(_BIRTH_FIRST + rnd.randrange(_BIRTH_SPAN))
             gender = "male" if male else "female"
-            users.append((uid, first, last, birthdate, biography, city, gender, interests, email, self.password_hash))
+            keys = self.name_keys
+            first_key = keys.get(first) or keys.setdefault(first, search_key(first))
+            last_key = keys.get(last) or keys.setdefault(last, search_key(last))
+            hashed = self.password_hash
+            users.append(
+                (uid, first, last, birthdate, biography, city, gender, interests, email, hashed, first_key, last_key)
+            )
             emails.append((email, uid))
         return users, emails
 
@@ -464,6 +474,7 @@ class _Generator:
             self.stride = next(s for s in count(rnd.randrange(n // 3, n)) if math.gcd(s, n) == 1)
             self.offset = rnd.randrange(n)
         for celebrity in rnd.sample(range(n), self.plan.celebrities):
+            self.celebrity_ids.append(self.user_ids[celebrity])
             # F distinct users other than the celebrity: sample n-1 slots and skip over its index.
             for slot in rnd.sample(range(n - 1), self.plan.celebrity_followers):
                 follower = slot if slot < celebrity else slot + 1
@@ -755,6 +766,12 @@ async def run_seed(settings: Settings, args: argparse.Namespace) -> None:
     )
     if plan.ids_out is not None:
         print(f"user ids written to {plan.ids_out}")
+    if gen.celebrity_ids:
+        # Otherwise the only way to find them is a query over followers.
+        print(
+            f"celebrities ({plan.celebrity_followers} followers each): "
+            + " ".join(str(uid) for uid in sorted(gen.celebrity_ids))
+        )
 
 
 async def _load(gen: _Generator, copier: _Copier) -> None:
@@ -801,4 +818,6 @@ _USER_COLUMNS = (
     "interests",
     "email",
     "password_hash",
+    "first_name_key",
+    "second_name_key",
 )

@@ -203,3 +203,17 @@ async def test_root_falls_back_to_unprivileged_user(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("SN_EMBEDDED_PG_ROOT_MODE")
     with EmbeddedPostgres(tmp_path / "pg") as pg:
         assert await _pg_read(pg.url) == "as nobody"
+
+
+async def test_cluster_has_a_utf8_character_locale(tmp_path: Path) -> None:
+    from sn.embedded import _locale_options, _pg_bindir
+
+    if _locale_options(_pg_bindir()) == ["--no-locale"]:
+        pytest.skip("no UTF-8 locale on this system for PostgreSQL < 17 (search does not need one)")
+    with EmbeddedPostgres(tmp_path / "pg") as pg:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            assert await conn.fetchval("SELECT lower('АННА Σοφία ÉMILE')") == "анна σοφία émile"
+            assert await conn.fetchval("SELECT 'Ж' ~* 'ж'")
+        finally:
+            await conn.close()

@@ -27,12 +27,10 @@ bp = Blueprint("users")
 _OLDEST_BIRTHDATE = dt.date(1900, 1, 1)
 
 
-def _interests(value: list[str] | str | None) -> list[str] | None:
+def _interests(value: list[str] | str) -> list[str] | None:
     # The seed sends interests as a comma-separated string; the list form is the structured one.
-    if value is None:
-        return None
     items = value.split(",") if isinstance(value, str) else value
-    return [item.strip() for item in items if item.strip()][:50]
+    return [item.strip() for item in items if item.strip()][:50] or None
 
 
 @bp.post("/user/register")
@@ -54,10 +52,11 @@ async def register(request: Request) -> HTTPResponse:
                 second_name=body.second_name.strip(),
                 birthdate=body.birthdate,
                 city=body.city.strip(),
-                biography=body.biography,
-                gender=body.gender,
+                # Unset optional fields are stored as NULL, as before; reads turn them into "" / [].
+                biography=body.biography or None,
+                gender=body.gender or None,
                 interests=_interests(body.interests),
-                email=body.email.strip().lower() if body.email else None,
+                email=body.email.strip().lower() or None,
                 password_hash=await app.passwords.hash(body.password),
             )
         )

@@ -18,7 +18,9 @@ from sn.storage.redis_mux import MuxRedis
 
 POST_KEY_PREFIX = "sn:post:"
 _POST_KEY = POST_KEY_PREFIX + "{}"
-_USER_KEY = "sn:user:{}"
+# v2: profiles without nulls (an unset biography is ""); the key changed so that bodies cached
+# by an older version, with null, are not served after an upgrade.
+USER_KEY = "sn:user:v2:{}"
 
 _post_encoder = msgspec.json.Encoder()
 
@@ -102,7 +104,7 @@ class ProfileCache:
             if local[0] > time.monotonic():
                 return local[1]
             del self._local[user_id]
-        value = await self._reads.get(_USER_KEY.format(user_id))
+        value = await self._reads.get(USER_KEY.format(user_id))
         if value is None:
             return None
         self._remember(user_id, value)
@@ -111,13 +113,13 @@ class ProfileCache:
     async def put(self, user: User) -> bytes:
         encoded = _post_encoder.encode(user)
         if self._ttl > 0:
-            await self._redis.set(_USER_KEY.format(user.id), encoded, ex=self._ttl)
+            await self._redis.set(USER_KEY.format(user.id), encoded, ex=self._ttl)
             self._remember(int(user.id), encoded)
         return encoded
 
     async def forget(self, user_id: int) -> None:
         self._local.pop(user_id, None)
-        await self._redis.delete(_USER_KEY.format(user_id))
+        await self._redis.delete(USER_KEY.format(user_id))
 
     async def exists(self, user_id: int, load: Callable[[int], Awaitable[User | None]]) -> bool:
         """Whether the user exists (for tokens: see TokenService.authenticate). A profile in this

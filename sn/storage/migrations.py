@@ -7,15 +7,23 @@ pending files while the others wait and then find nothing to do.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
 
+from sn.storage import name_keys
+
 log = logging.getLogger("sn.migrations")
 
 # Arbitrary constant: the lock id only has to be the same for every process of this app.
 _ADVISORY_LOCK_ID = 7_357_001
+
+
+# Steps a migration needs beyond SQL, run after its file in the same transaction (data that only
+# Python computes: the locale-independent name search keys).
+_PYTHON_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[object]]] = {4: name_keys.migrate}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
+                step = _PYTHON_STEPS.get(migration.version)
+                if step is not None:
+                    await step(conn)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     migration.version,

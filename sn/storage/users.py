@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from sn.models import User
+from sn.storage.name_keys import prefix_bounds, search_key
 from sn.storage.shard_reads import PoolReads, ShardReads
 
 
@@ -33,22 +34,37 @@ _USER_COLUMNS = "id, first_name, second_name, birthdate, biography, city, gender
 
 
 def _to_user(row: asyncpg.Record) -> User:
+    # The OTUS spec types these as strings (and ours as a list): an unset one is empty, not null.
     return User(
         id=str(row["id"]),
         first_name=row["first_name"],
         second_name=row["second_name"],
         birthdate=row["birthdate"],
-        biography=row["biography"],
+        biography=row["biography"] or "",
         city=row["city"],
-        gender=row["gender"],
-        interests=list(row["interests"]) if row["interests"] is not None else None,
+        gender=row["gender"] or "",
+        interests=list(row["interests"]) if row["interests"] is not None else [],
     )
 
 
-def _like_prefix(value: str) -> str:
-    """A LIKE pattern matching `value` literally as a prefix (lower-cased, wildcards escaped)."""
-    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
+def _key_range(column: str, value: str, first_param: int) -> tuple[str, list[str]]:
+    """`column` starts with `value` (as search keys), as an indexable range; and its parameters."""
+    low, high = prefix_bounds(value)
+    if high is None:
+        return f"{column} >= ${first_param}", [low]
+    return f"{column} >= ${first_param} AND {column} < ${first_param + 1}", [low, high]
+
+
+def search_query(first_name: str, last_name: str, limit: int, after_id: int) -> tuple[str, list[object]]:
+    """The search's SQL and its parameters: both names as prefixes of their search keys.
+
+    Search is the one user query Citus cannot route to a single shard (it is not keyed by id);
+    the key index keeps each shard's part a range scan and the LIMIT bounds it."""
+    first, first_args = _key_range("first_name_key", first_name, 1)
+    last, last_args = _key_range("second_name_key", last_name, 1 + len(first_args))
+    n = 1 + len(first_args) + len(last_args)
+    sql = f"SELECT {_USER_COLUMNS} FROM users WHERE {first} AND {last} AND id > ${n} ORDER BY id LIMIT ${n + 1}"
+    return sql, [*first_args, *last_args, after_id, limit]
 
 
 class UserRepository:
@@ -70,7 +86,8 @@ class UserRepository:
                     raise EmailTaken(user.email)
             await conn.execute(
                 "INSERT INTO users (id, first_name, second_name, birthdate, biography, city, gender, interests,"
-                " email, password_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                " email, password_hash, first_name_key, second_name_key)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 user.id,
                 user.first_name,
                 user.second_name,
@@ -81,6 +98,8 @@ class UserRepository:
                 user.interests,
                 user.email,
                 user.password_hash,
+                search_key(user.first_name),
+                search_key(user.second_name),
             )
 
     async def _fetchrow(self, user_id: int, query: str) -> asyncpg.Record | None:
@@ -100,15 +119,6 @@ class UserRepository:
         return value if isinstance(value, str) else None
 
     async def search(self, first_name: str, last_name: str, limit: int, after_id: int = 0) -> list[User]:
-        # Search is the one user query Citus cannot route to a single shard (it is not keyed by
-        # id); the index keeps each shard's part a range scan and the LIMIT bounds it.
-        rows = await self._pool.fetch(
-            f"SELECT {_USER_COLUMNS} FROM users"
-            " WHERE lower(first_name) LIKE $1 AND lower(second_name) LIKE $2 AND id > $3"
-            " ORDER BY id LIMIT $4",
-            _like_prefix(first_name),
-            _like_prefix(last_name),
-            after_id,
-            limit,
-        )
+        sql, args = search_query(first_name, last_name, limit, after_id)
+        rows = await self._pool.fetch(sql, *args)
         return [_to_user(row) for row in rows]

@@ -101,7 +101,7 @@ def test_profile_and_post_bodies_are_cached(
 ) -> None:
     user = make_user()
     client.get(f"/user/get/{user.id}")
-    assert redis_client.exists(f"sn:user:{user.id}")
+    assert redis_client.exists(f"sn:user:v2:{user.id}")
     post = client.post("/post/create", json={"text": "cached"}, headers=user.auth).json()
     assert redis_client.exists(f"sn:post:{post}")
     client.put(f"/post/delete/{post}", headers=user.auth)

@@ -22,6 +22,7 @@ from sn.pipeline.outbox import Outbox
 from sn.storage import cluster
 from sn.storage.dialogs import DialogRepository
 from sn.storage.friends import FriendRepository
+from sn.storage.migrations import apply_migrations
 from sn.storage.posts import PostRepository
 from sn.storage.shard_reads import ShardReads
 from sn.storage.users import NewUser, UserRepository
@@ -160,6 +161,45 @@ async def test_tables_are_distributed_and_colocated_as_planned(conn: asyncpg.Con
     strategy = await conn.fetchrow("SELECT name FROM pg_dist_rebalance_strategy WHERE default_strategy")
     assert strategy is not None
     assert strategy["name"] == cluster.STRATEGY
+
+
+async def test_name_keys_migration_on_distributed_users_and_search(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Migration 0004 as an existing cluster meets it: users already distributed, rows without
+    keys; the columns are added on every shard, the rows backfilled, colocation unchanged."""
+    before = await conn.fetchval("SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'users'::regclass")
+    await conn.execute("DROP INDEX users_name_key_idx")
+    await conn.execute("ALTER TABLE users DROP COLUMN first_name_key, DROP COLUMN second_name_key")
+    await conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    ids = [_ids.next_id() for _ in range(3)]
+    names = [("Анна", "Петрова"), ("Σοφία", "Νικολάου"), ("Émile", "Zoë")]
+    for user_id, (first, last) in zip(ids, names, strict=True):
+        await conn.execute(
+            "INSERT INTO users (id, first_name, second_name, birthdate, city, password_hash)"
+            " VALUES ($1, $2, $3, '1990-01-01', 'c', 'x')",
+            user_id,
+            first,
+            last,
+        )
+    applied = await apply_migrations(conn)
+    assert [m.version for m in applied] == [4]
+    assert await conn.fetchval("SELECT count(*) FROM users WHERE first_name_key IS NULL") == 0
+    after = await conn.fetchval("SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'users'::regclass")
+    assert after == before
+    # Every shard has the index (Citus propagated it).
+    shards = await conn.fetchval("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'users'::regclass")
+    indexed = await conn.fetchval(
+        "SELECT sum(result::int) FROM run_command_on_shards('users',"
+        " $$SELECT count(*) FROM pg_indexes WHERE tablename = '%s' AND indexname LIKE 'users_name_key_idx%%'$$)"
+    )
+    assert indexed == shards
+    users = UserRepository(pool)
+    for (first, last), user_id in zip((("АН", "пЕТ"), ("σοφ", "ΝΙΚΟ"), ("ÉMI", "zoë")), ids, strict=True):
+        assert str(user_id) in [u.id for u in await users.search(first, last, 1000)], first
+    # A user registered after the migration gets keys on insert.
+    new_id = await _user(pool)
+    assert await conn.fetchval("SELECT first_name_key FROM users WHERE id = $1", new_id) == "lady"
 
 
 # -- hot users -------------------------------------------------------------------------------------
