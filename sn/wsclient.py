@@ -1,7 +1,9 @@
 """`sn ws-client`: try the real-time feed by hand against any running server (the seed's test_client.py).
 
-    sn ws-client --mode simple [--base-url http://localhost:9000]
-    sn ws-client --mode multi --clients 5 --duration 30 [--interval 0.2] [--base-url ...]
+    sn ws-client --mode simple [--base-url http://localhost:9000] [--channel seed|otus]
+    sn ws-client --mode multi --clients 5 --duration 30 [--interval 0.2] [--base-url ...] [--channel ...]
+
+``--channel otus`` uses the OTUS AsyncAPI endpoint ``/post/feed/posted`` instead of ``/ws/{id}``.
 
 simple: registers a reader and a friend over REST, the reader follows the friend and opens
 ``/ws/{reader}``, the friend posts, and every frame that arrives is printed with its latency from
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     import httpx
     from websockets.asyncio.client import ClientConnection
 
-__all__ = ["add_arguments", "percentile", "run", "ws_url"]
+__all__ = ["add_arguments", "percentile", "post_id_of", "run", "ws_url"]
 
 # Exit codes: 1 is "the feed lost something", so that a script can tell it from "could not even start".
 EXIT_OK = 0
@@ -53,6 +55,13 @@ PRESENCE_SETTLE_SECONDS = 0.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("simple", "multi"), default="simple")
+    parser.add_argument(
+        "--channel",
+        choices=("seed", "otus"),
+        default="seed",
+        help="seed: /ws/{user_id} (frames wrap the post in data); otus: /post/feed/posted (the AsyncAPI Post"
+        " message, postId/postText at the top level)",
+    )
     parser.add_argument("--base-url", default="http://localhost:9000", help="the server's HTTP base URL")
     parser.add_argument("--clients", type=int, default=5, help="multi: users, all following each other")
     parser.add_argument("--duration", type=float, default=30.0, help="multi: seconds of posting")
@@ -139,12 +148,24 @@ class Api:
         return str(await self._call("POST", "/post/create", token=author.token, body={"text": text}))
 
 
-def ws_url(base_url: str, user_id: str, token: str, since: int | None = None) -> str:
-    """The seed endpoint ``/ws/{user_id}`` under ``base_url`` (http -> ws, https -> wss, path prefix kept)."""
+def ws_url(base_url: str, user_id: str, token: str, since: int | None = None, *, channel: str = "seed") -> str:
+    """The seed endpoint ``/ws/{user_id}`` (or, ``channel="otus"``, ``/post/feed/posted``) under
+    ``base_url`` (http -> ws, https -> wss, path prefix kept)."""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     query = f"token={quote(token)}" + (f"&since={since}" if since is not None else "")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + f"/ws/{user_id}", query, ""))
+    path = "/post/feed/posted" if channel == "otus" else f"/ws/{user_id}"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
+
+
+def post_id_of(frame: dict[str, Any]) -> str | None:
+    """The post an event frame is about, in either channel's shape (sn.actors.messages)."""
+    if "postId" in frame:  # /post/feed/posted: OtusPostFrame / OtusDeletedFrame
+        return str(frame["postId"])
+    data = frame.get("data")
+    if isinstance(data, dict) and "post_id" in data:  # /ws/{user_id}: EventFrame with SeedPostData
+        return str(data["post_id"])
+    return None
 
 
 def _redacted(url: str) -> str:
@@ -222,7 +243,7 @@ async def _simple(args: argparse.Namespace) -> int:
         print(f"registered reader {reader.id} ({reader.name}) and friend {friend.id} ({friend.name})")
         await api.follow(reader, friend)
         print(f"reader follows friend: PUT /friend/set/{friend.id}")
-        url = ws_url(args.base_url, reader.id, reader.token)
+        url = ws_url(args.base_url, reader.id, reader.token, channel=args.channel)
         print(f"connecting {_redacted(url)}")
         ws = await _connect(url)
         log = FrameLog()
@@ -244,7 +265,9 @@ async def _simple(args: argparse.Namespace) -> int:
 
         listener = asyncio.create_task(listen())
         try:
-            if await log.wait_for(lambda f: f.get("type") == "system", args.timeout) is None:
+            # (The OTUS channel sends nothing but posts: no welcome to wait for.)
+            welcomed = args.channel == "otus" or await log.wait_for(lambda f: f.get("type") == "system", args.timeout)
+            if not welcomed:
                 print(f"no welcome frame within {args.timeout:.0f} s")
                 return EXIT_LOST
             text = f"Hello from sn ws-client at {time.strftime('%H:%M:%S')}"
@@ -254,7 +277,7 @@ async def _simple(args: argparse.Namespace) -> int:
             post_id = await api.post(friend, text)
             print(f"POST /post/create -> {post_id} in {(time.perf_counter() - started) * 1000:.1f} ms")
             arrived = await log.wait_for(
-                lambda f: f.get("type") == "post_created" and f.get("data", {}).get("post_id") == post_id,
+                lambda f: f.get("type") == "post_created" and post_id_of(f) == post_id,
                 args.timeout,
             )
             if arrived is None:
@@ -285,6 +308,7 @@ class Peer:
 
     index: int
     account: Account
+    channel: str = "seed"
     ws: ClientConnection | None = None
     last_event_id: int = 0
     receipts: dict[str, float] = field(default_factory=dict)  # post id -> first receipt (perf_counter)
@@ -329,7 +353,9 @@ async def _listen(peer: Peer, base_url: str, tally: Tally, stopping: asyncio.Eve
         while not stopping.is_set():
             await asyncio.sleep(backoff)
             try:
-                peer.ws = await _connect(ws_url(base_url, peer.account.id, peer.account.token, peer.last_event_id))
+                peer.ws = await _connect(
+                    ws_url(base_url, peer.account.id, peer.account.token, peer.last_event_id, channel=peer.channel)
+                )
             except SetupError as exc:
                 tally.errors.append(f"user {peer.index}: reconnect failed: {exc}")
                 backoff = min(backoff * 2, 5.0)
@@ -353,14 +379,14 @@ def _record(peer: Peer, raw: str | bytes, tally: Tally) -> None:
     if isinstance(event_id, int):
         peer.last_event_id = max(peer.last_event_id, event_id)
     if kind == "post_created":
-        post_id = str(frame.get("data", {}).get("post_id"))
+        post_id = str(post_id_of(frame))
         if post_id in peer.receipts:
             peer.duplicates += 1
         else:
             peer.receipts[post_id] = received
             tally.arrived.set()
     elif kind in ("error", "resync"):
-        tally.errors.append(f"user {peer.index}: {kind} frame: {frame.get('data')}")
+        tally.errors.append(f"user {peer.index}: {kind} frame: {frame.get('data', frame)}")
 
 
 async def _post_loop(api: Api, peers: Sequence[Peer], tally: Tally, duration: float, interval: float) -> None:
@@ -412,7 +438,7 @@ async def _multi(args: argparse.Namespace) -> int:
     async with httpx.AsyncClient(base_url=args.base_url, timeout=30, limits=limits) as http:
         api = Api(http)
         accounts = await _register_all(api, [f"Multi{i}" for i in range(n)])
-        peers = [Peer(i, account) for i, account in enumerate(accounts)]
+        peers = [Peer(i, account, args.channel) for i, account in enumerate(accounts)]
         limit = asyncio.Semaphore(16)
 
         async def follow(follower: Peer, author: Peer) -> None:
@@ -421,7 +447,9 @@ async def _multi(args: argparse.Namespace) -> int:
 
         await asyncio.gather(*(follow(a, b) for a in peers for b in peers if a is not b))
         print(f"registered {n} users, {n * (n - 1)} follows")
-        sockets = await asyncio.gather(*(_connect(ws_url(args.base_url, p.account.id, p.account.token)) for p in peers))
+        sockets = await asyncio.gather(
+            *(_connect(ws_url(args.base_url, p.account.id, p.account.token, channel=p.channel)) for p in peers)
+        )
         for peer, ws in zip(peers, sockets, strict=True):
             peer.ws = ws
         print(f"connected {n} sockets")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sn.wsclient import percentile, ws_url
+from sn.wsclient import percentile, post_id_of, ws_url
 from tests.support import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -45,6 +45,19 @@ def test_simple_mode_prints_the_post_frame(server: ServerProcess) -> None:
     assert "token=…" in out  # the token itself is not printed
 
 
+def test_simple_mode_on_the_otus_channel(server: ServerProcess) -> None:
+    result = ws_client(server, "--mode", "simple", "--channel", "otus")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    post_id = re.search(r"POST /post/create -> (\d+)", out)
+    assert post_id is not None, out
+    assert "/post/feed/posted?token=…" in out
+    assert "<- system" not in out  # only posts arrive unasked on that channel
+    assert f'"postId": "{post_id.group(1)}"' in out
+    assert '"data"' not in out.split("<- post_created", 1)[1].split("<- pong", 1)[0]
+    assert re.search(r"OK: post \d+ arrived", out), out
+
+
 def test_multi_mode_delivers_everything(server: ServerProcess) -> None:
     result = ws_client(server, "--mode", "multi", "--clients", "3", "--duration", "3")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,5 +90,10 @@ def test_unreachable_server_is_a_setup_error() -> None:
 def test_ws_url_and_percentile() -> None:
     assert ws_url("https://example.com/api/", "7", "a b", since=5) == "wss://example.com/api/ws/7?token=a%20b&since=5"
     assert ws_url("http://127.0.0.1:9000", "7", "t") == "ws://127.0.0.1:9000/ws/7?token=t"
+    otus = ws_url("http://h:1/p", "7", "t", since=3, channel="otus")
+    assert otus == "ws://h:1/p/post/feed/posted?token=t&since=3"
+    assert post_id_of({"type": "post_created", "event_id": 1, "postId": "9", "postText": "x"}) == "9"
+    assert post_id_of({"type": "post_created", "event_id": 1, "data": {"post_id": "8"}}) == "8"
+    assert post_id_of({"type": "pong", "data": {"timestamp": 1.0}}) is None
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 0.5), percentile(values, 0.99), percentile([], 0.5)) == (50.0, 99.0, 0.0)

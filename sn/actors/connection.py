@@ -140,7 +140,8 @@ class ConnectionState:
     # ----------------------------------------------------------------- inputs
 
     def welcome(self, now: float) -> list[Action]:
-        if self.closed:
+        # None on the OTUS channel: every message a spec client gets unasked is a Post.
+        if self.closed or self.dialect is Dialect.OTUS:
             return []
         return [self._reply(encode_system(WELCOME_MESSAGE, now))]
 

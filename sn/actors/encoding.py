@@ -52,8 +52,8 @@ _ENCODER: Final = msgspec.json.Encoder()
 class Dialect(enum.StrEnum):
     """Which client contract a connection speaks; only event payload keys differ."""
 
-    SEED = "seed"  # /ws/{user_id}: snake_case keys, includes created_at
-    OTUS = "otus"  # /post/feed/posted: postId / postText per the OTUS spec
+    SEED = "seed"  # /ws/{user_id}: {"type","event_id","data":{snake_case keys, created_at}}
+    OTUS = "otus"  # /post/feed/posted: {"type","event_id", postId, postText, author_user_id} per the spec
 
 
 def encode_payload(event: Event, dialect: Dialect) -> bytes:
@@ -63,7 +63,7 @@ def encode_payload(event: Event, dialect: Dialect) -> bytes:
         if event.type == "post_deleted":
             payload = OtusDeletedData(event.post_id, event.author_user_id)
         else:
-            payload = OtusPostData(event.post_id, event.post_text, event.author_user_id)
+            payload = OtusPostData(event.post_id, event.post_text or "", event.author_user_id)
     elif event.type == "post_deleted":
         payload = SeedDeletedData(event.post_id, event.author_user_id)
     else:
@@ -79,6 +79,10 @@ def encode_event(event: Event, dialect: Dialect, payload: bytes | None = None) -
     """
     if payload is None:
         payload = encode_payload(event, dialect)
+    if dialect is Dialect.OTUS:
+        # The spec's fields at the top level (OtusPostFrame / OtusDeletedFrame): the payload
+        # object's members follow type and event_id. The type is one of three fixed names.
+        return b'{"type":"%s","event_id":%d,%s' % (event.type.encode(), event.event_id, payload[1:])
     return _ENCODER.encode(EventFrame(event.type, event.event_id, msgspec.Raw(payload)))
 
 

@@ -25,7 +25,9 @@ __all__ = [
     "FrameError",
     "GetStats",
     "OtusDeletedData",
+    "OtusDeletedFrame",
     "OtusPostData",
+    "OtusPostFrame",
     "Ping",
     "Pong",
     "PongData",
@@ -207,13 +209,34 @@ class SeedDeletedData(msgspec.Struct, frozen=True):
 
 
 class OtusPostData(msgspec.Struct, frozen=True, rename={"post_id": "postId", "post_text": "postText"}):
-    """``/post/feed/posted`` payload (OTUS spec uses camelCase post keys)."""
+    """The OTUS AsyncAPI ``Post`` message (camelCase post keys): the shareable part of a frame."""
 
     post_id: str
-    post_text: str | None
+    post_text: str
     author_user_id: str
 
 
 class OtusDeletedData(msgspec.Struct, frozen=True, rename={"post_id": "postId"}):
+    post_id: str
+    author_user_id: str
+
+
+# ``/post/feed/posted`` frames: the AsyncAPI message *is* the payload, so a client written to
+# the spec reads ``message.postId``; ``type`` and ``event_id`` stand beside the spec's fields
+# instead of wrapping them in ``data`` as ``/ws/{user_id}`` does. Encoded by splicing the shared
+# payload (encoding.encode_event); these Structs are the shape, for clients and tests.
+
+
+class OtusPostFrame(msgspec.Struct, frozen=True, rename={"post_id": "postId", "post_text": "postText"}):
+    type: str
+    event_id: int
+    post_id: str
+    post_text: str
+    author_user_id: str
+
+
+class OtusDeletedFrame(msgspec.Struct, frozen=True, rename={"post_id": "postId"}):
+    type: str
+    event_id: int
     post_id: str
     author_user_id: str

@@ -177,11 +177,17 @@ def test_events_in_otus_dialect() -> None:
     conn.deliver(ev(1))
     conn.deliver(ev(2, "post_updated"))
     conn.deliver(ev(3, "post_deleted"))
-    assert [(f["type"], f["event_id"], f["data"]) for f in sent(conn)] == [
-        ("post_created", 1, {"postId": "p1", "postText": "text 1", "author_user_id": "author"}),
-        ("post_updated", 2, {"postId": "p2", "postText": "text 2", "author_user_id": "author"}),
-        ("post_deleted", 3, {"postId": "p3", "author_user_id": "author"}),
+    assert sent(conn) == [
+        {"type": "post_created", "event_id": 1, "postId": "p1", "postText": "text 1", "author_user_id": "author"},
+        {"type": "post_updated", "event_id": 2, "postId": "p2", "postText": "text 2", "author_user_id": "author"},
+        {"type": "post_deleted", "event_id": 3, "postId": "p3", "author_user_id": "author"},
     ]
+
+
+def test_no_welcome_on_the_otus_channel() -> None:
+    # Every message a spec-following client receives unasked is a Post.
+    conn, _ = make(dialect=Dialect.OTUS)
+    assert conn.welcome(now=1.0) == []
 
 
 def test_duplicate_and_older_events_are_dropped() -> None:
@@ -211,7 +217,7 @@ def test_shared_payload_cache_across_connections() -> None:
     assert (cache.encoded, cache.hits) == (2, 1)  # one payload per dialect
     assert sent(seed_a)[0]["event_id"] == 4
     assert sent(seed_b)[0]["event_id"] == 9
-    assert sent(otus)[0]["data"]["postId"] == "p1"
+    assert sent(otus)[0]["postId"] == "p1"
 
 
 def test_slow_consumer_is_closed_with_4008_and_flagged() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 
 from sn.actors.encoding import Dialect, PayloadCache, encode_event, encode_payload
-from sn.actors.messages import Event
+from sn.actors.messages import Event, OtusDeletedFrame, OtusPostFrame
 
 CREATED = Event(5, "post_created", "p-1", "u-9", post_text="hello", created_at="2024-05-01T10:00:00Z")
 UPDATED = Event(6, "post_updated", "p-1", "u-9", post_text="edited", created_at="2024-05-01T10:00:00Z")
@@ -40,17 +40,33 @@ def test_seed_deleted_frame_has_no_text() -> None:
     }
 
 
-def test_otus_created_and_updated_use_camel_case_post_keys() -> None:
+def test_otus_frames_carry_the_spec_fields_at_the_top_level() -> None:
+    # otus-asyncapi.json: the message payload is {postId, postText, author_user_id}; type and
+    # event_id stand beside them.
     for event, text in ((CREATED, "hello"), (UPDATED, "edited")):
-        assert decode(encode_event(event, Dialect.OTUS)) == {
+        raw = encode_event(event, Dialect.OTUS)
+        assert decode(raw) == {
             "type": event.type,
             "event_id": event.event_id,
-            "data": {"postId": "p-1", "postText": text, "author_user_id": "u-9"},
+            "postId": "p-1",
+            "postText": text,
+            "author_user_id": "u-9",
         }
+        # The spliced bytes are exactly what the wire Struct encodes (and decodes back).
+        frame = OtusPostFrame(event.type, event.event_id, "p-1", text, "u-9")
+        assert raw == msgspec.json.encode(frame)
+        assert msgspec.json.decode(raw, type=OtusPostFrame) == frame
 
 
 def test_otus_deleted_has_post_id_and_author_only() -> None:
-    assert decode(encode_event(DELETED, Dialect.OTUS))["data"] == {"postId": "p-1", "author_user_id": "u-9"}
+    raw = encode_event(DELETED, Dialect.OTUS)
+    assert decode(raw) == {"type": "post_deleted", "event_id": 7, "postId": "p-1", "author_user_id": "u-9"}
+    assert raw == msgspec.json.encode(OtusDeletedFrame("post_deleted", 7, "p-1", "u-9"))
+
+
+def test_otus_frame_never_has_a_null_text() -> None:
+    untexted = Event(8, "post_created", "p-2", "u-9")
+    assert decode(encode_event(untexted, Dialect.OTUS))["postText"] == ""
 
 
 def test_encode_event_splices_a_given_payload_verbatim() -> None:
