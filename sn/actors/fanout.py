@@ -177,14 +177,11 @@ class CelebrityActor:
             await pipe.execute()
         self.fanouts += 1
         self.batches += batches
-        log.info(
-            "celebrity fan-out %s: %d online of %s followers, %d batches, %.2fs",
-            job,
-            len(pairs),
-            progress["followers"],
-            batches,
-            duration,
-        )
+        followers = progress["followers"]
+        if followers is None:  # the background load may have counted them meanwhile
+            followers = await self._social.cached_follower_count(event.author_id)
+        audience = f"of {followers} followers" if followers is not None else "followers (total not counted yet)"
+        log.info("celebrity fan-out %s: %d online %s, %d batches, %.2fs", job, len(pairs), audience, batches, duration)
 
     async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
         """The author's online followers by worker stream, found from the online side: each

@@ -31,6 +31,7 @@ log = logging.getLogger("sn.actors.hub")
 WORKERS_KEY = "sn:rt:workers"
 STATS_TTL_SECONDS = 15.0
 STATS_INTERVAL_SECONDS = 1.0
+DISTINCT_USERS_INTERVAL_SECONDS = 10.0
 KEEPALIVE_SWEEP_SECONDS = 1.0
 KEEPALIVE_SLICE = 500
 # Presence is refreshed a slice at a time, every tick, so that every user is refreshed once per
@@ -94,6 +95,8 @@ class Hub:
         # Cluster-wide counts as of the last heartbeat, for a connection's get_stats reply
         # (the state machine asks synchronously, so this cannot be a Redis call).
         self.cluster: dict[str, Any] = {}
+        self._distinct_users = 0
+        self._distinct_users_due = 0.0
         self._presence_dirty = asyncio.Event()
         # This refresh cycle: a snapshot of the users, how far the slices have got, when it began.
         self._refresh_cycle: list[int] = []
@@ -325,9 +328,15 @@ class Hub:
     async def publish_stats(self) -> None:
         await self._redis.hset(WORKERS_KEY, self.stream_key, msgspec.json.encode(self.stats()))
         workers = await cluster_stats(self._redis)
+        now = time.monotonic()
+        if now >= self._distinct_users_due:
+            # Distinct users (one with tabs on two workers once), recounted every few heartbeats:
+            # the count pages through every online set, too much for each worker every second.
+            self._distinct_users = await self._presence.count_online(await self._presence.streams())
+            self._distinct_users_due = now + DISTINCT_USERS_INTERVAL_SECONDS
         self.cluster = {
             "total_connections": sum(w.connections for w in workers),
-            "active_users": sum(w.users for w in workers),
+            "active_users": self._distinct_users,
             "workers": len(workers),
         }
 

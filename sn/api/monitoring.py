@@ -12,6 +12,7 @@ from sn.actors.hub import cluster_stats
 from sn.actors.live_settings import CelebritySettings
 from sn.actors.messages import Event, event_to_json
 from sn.api.common import current_admin, decode_body, json_response, path_id, services
+from sn.errors import NotFound
 from sn.metrics import render
 
 bp = Blueprint("monitoring")
@@ -45,7 +46,8 @@ class CelebritySettingsRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TestPostRequest(msgspec.Struct):
-    post_id: str
+    # Any label: a test notification needs no stored post (the seed's own example is "test_123").
+    post_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     author_user_id: str
     post_text: Annotated[str, msgspec.Meta(max_length=10_000)]
 
@@ -58,10 +60,12 @@ async def stats(request: Request) -> HTTPResponse:
     live = await app.live.refresh()
     total_celebrities = await app.social.celebrity_count(live.celebrity_threshold)
     outbox_pending = await app.relay.pending()
+    # Distinct users: the workers' own counts add up a user once per worker holding their sockets.
+    active_users = await app.presence.count_online(await app.presence.streams())
     body: dict[str, Any] = {
         "websocket": {
             "total_connections": sum(w.connections for w in workers),
-            "active_users": sum(w.users for w in workers),
+            "active_users": active_users,
             "connections_per_worker": {w.worker: w.connections for w in workers},
             "messages_delivered": sum(w.delivered for w in workers),
             "slow_consumer_closes": sum(w.slow_consumer_closes for w in workers),
@@ -129,7 +133,8 @@ async def test_post(request: Request) -> HTTPResponse:
     current_admin(request)
     body = decode_body(request, TestPostRequest)
     author = path_id(body.author_user_id, "author_user_id")
-    path_id(body.post_id, "post_id")
+    if not await app.users.exists(author):
+        raise NotFound(f"author_user_id: no user {author}")
     followers = await app.social.followers(author)
     online = await app.presence.locate(followers)
     event = Event(

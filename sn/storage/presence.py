@@ -89,6 +89,24 @@ return {page[1], found}
 """
 
 
+# KEYS[1]: a worker's online set, KEYS[2..]: other workers' online sets; ARGV: SSCAN cursor, page
+# size -> {next cursor, the page's members also in one of KEYS[2..]}. A page at a time, like
+# _ONLINE_PAGE: counting distinct users must not hold Redis for a whole set.
+_SHARED_PAGE = """
+local page = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local shared = {}
+for _, member in ipairs(page[2]) do
+  for i = 2, #KEYS do
+    if redis.call('SISMEMBER', KEYS[i], member) == 1 then
+      shared[#shared + 1] = member
+      break
+    end
+  end
+end
+return {page[1], shared}
+"""
+
+
 def presence_key(user_id: int) -> str:
     return _KEY.format(user_id)
 
@@ -120,6 +138,7 @@ class Presence:
         self._leave = redis.script(_LEAVE)
         self._online_page = redis.script(_ONLINE_PAGE)
         self._live_streams = redis.script(_LIVE_STREAMS)
+        self._shared_page = redis.script(_SHARED_PAGE)
 
     async def refresh(self, users: Iterable[int], stream: str) -> int:
         """Mark ``users`` present on ``stream`` for another ttl (and keep the worker's online set)."""
@@ -200,3 +219,26 @@ class Presence:
                 for stream in found:
                     by_stream[stream.decode() if isinstance(stream, bytes) else stream].append(user)
         return dict(by_stream)
+
+    async def count_online(self, streams: Sequence[str]) -> int:
+        """Distinct users online on ``streams``: one user with tabs on two workers counts once.
+
+        The sum of the online sets' sizes, less each set's members already in an earlier set
+        (users on several workers are few, so only those come back to Python)."""
+        total = 0
+        for index, stream in enumerate(streams):
+            total += int(await self._redis.execute("SCARD", online_key(stream)))
+            earlier = [online_key(s) for s in streams[:index]]
+            if not earlier:
+                continue
+            shared: set[int] = set()  # (SSCAN may return a member twice)
+            cursor: bytes | str = "0"
+            while True:
+                cursor, members = await self._shared_page(
+                    keys=[online_key(stream), *earlier], args=[cursor, self.CHUNK]
+                )
+                shared.update(int(member) for member in members)
+                if cursor in (b"0", "0"):
+                    break
+            total -= len(shared)
+        return total

@@ -116,6 +116,30 @@ async def test_followers_on_both_workers_and_all_tabs_receive(
     assert sum(1 for n in per_worker.values() if n > 0) == 2
 
 
+async def test_stats_counts_a_user_with_tabs_on_two_workers_once(
+    server: ServerProcess, make_user: Callable[..., User], client: httpx.Client, sockets: list[ClientConnection]
+) -> None:
+    user = make_user()
+    workers: set[str] = set()
+    for _ in range(20):  # tabs until they span both workers, then one more
+        ws = await open_socket(server, user)
+        sockets.append(ws)
+        workers.add(await worker_of(ws))
+        if len(workers) == 2:
+            break
+    assert len(workers) == 2
+    sockets.append(await open_socket(server, user))
+
+    # Other tests' sockets may come and go meanwhile; what cannot happen with a distinct count is
+    # that it reaches the workers' sum while this user is listed by both of them.
+    def counted_once() -> bool:
+        stats = client.get("/stats").json()
+        per_worker_sum = sum(w["users"] for w in stats["workers"])
+        return bool(per_worker_sum >= stats["websocket"]["active_users"] + 1 and stats["websocket"]["active_users"])
+
+    eventually(counted_once, timeout=10)
+
+
 async def test_update_and_delete_events_and_otus_dialect(
     server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
 ) -> None:
@@ -386,6 +410,11 @@ async def test_celebrity_fanout_is_batched_and_normal_posts_flow(
             return next((f for f in recent if f["post_id"] == celebrity_post), None)
 
         done = eventually(finished, timeout=5)
+        assert server.log_path is not None
+        lines = server.log_path.read_text(errors="replace").splitlines()
+        (logged,) = [line for line in lines if f"celebrity fan-out post_created:{celebrity_post}:" in line]
+        assert "6 online " in logged
+        assert "None" not in logged  # the first post's count was not cached yet: said in words
         stats = client.get("/celebrity-stats").json()
         assert any(c["user_id"] == celebrity.id for c in stats["celebrities"])
         assert done["batches"] == 3
@@ -422,6 +451,32 @@ def test_monitoring_endpoints_and_admin_checks(client: httpx.Client, make_user: 
         response = client.post("/celebrity-settings", json=bad, headers=admin)
         assert response.status_code == 400, bad
     assert client.post("/test-post", json={"post_id": "1"}, headers=admin).status_code == 400
+
+
+async def test_test_post_takes_any_post_id_and_refuses_an_unknown_author(
+    server: ServerProcess, client: httpx.Client, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    author, reader = make_user(), make_user()
+    follow(client, reader, author)
+    ws = await open_socket(server, reader)
+    sockets.append(ws)
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    # The seed project's own example: a post id that is not one of ours.
+    body = {"post_id": "test_123", "author_user_id": author.id, "post_text": "Test post message"}
+    response = client.post("/test-post", json=body, headers=admin)
+    assert response.status_code == 200, response.text
+    assert response.json()["message"] == "test post delivered"
+    frame = await recv_type(ws, "post_created")
+    assert frame["data"]["post_id"] == "test_123"
+    assert frame["data"]["post_text"] == "Test post message"
+
+    unknown = client.post("/test-post", json={**body, "author_user_id": "123456789012"}, headers=admin)
+    assert unknown.status_code == 404
+    assert "author_user_id" in unknown.json()["message"]
+    for bad, field in (({**body, "post_id": ""}, "post_id"), ({**body, "author_user_id": "bob"}, "author_user_id")):
+        response = client.post("/test-post", json=bad, headers=admin)
+        assert response.status_code == 400, response.text
+        assert field in response.json()["message"]
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "sn_ws_connections" in metrics.text

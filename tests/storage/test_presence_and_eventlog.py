@@ -243,3 +243,22 @@ async def test_follow_list_is_looked_up_only_when_there_is_something_to_filter(
     missed = await replay_log.replay(last - 1, authors, limit=10)
     assert [event_id for event_id, _ in missed.events] == [last]
     assert calls == [1]
+
+
+async def test_count_online_counts_a_user_once_however_many_workers_hold_them(amux: MuxRedis) -> None:
+    presence = Presence(amux, ttl_seconds=30)
+    presence.CHUNK = 3  # several SSCAN pages per set
+    w1, w2, w3 = (f"stream:{next(_ids)}:{n}" for n in (1, 2, 3))
+    everywhere, two, alone = next(_ids), next(_ids), [next(_ids) for _ in range(10)]
+    await presence.refresh([everywhere, two, *alone[:5]], w1)
+    await presence.refresh([everywhere, two, *alone[5:8]], w2)
+    await presence.refresh([everywhere, *alone[8:]], w3)
+    assert await presence.count_online([w1, w2, w3]) == 12
+    assert await presence.count_online([w2, w3]) == 7
+    assert await presence.count_online([w3]) == 3
+    assert await presence.count_online([]) == 0
+    await presence.leave([everywhere], w1)
+    assert await presence.count_online([w1, w2, w3]) == 12  # still on w2 and w3
+    await presence.leave([everywhere], w2)
+    await presence.leave([everywhere], w3)
+    assert await presence.count_online([w1, w2, w3]) == 11
