@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
+import redis.exceptions
 
 from sn.models import Post
 from sn.pipeline.events import PostEvent
@@ -20,6 +21,9 @@ log = logging.getLogger("sn.feed")
 _encoder = msgspec.json.Encoder()
 
 Keys = list[tuple[int, int]]  # (post_id, author_id), newest first
+
+# Redis not answering (refused, reset, timed out): redis-py's classes, which MuxRedis raises too.
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def to_wire(row: PostRow) -> Post:
@@ -143,15 +147,27 @@ class FeedService:
 
     # -- writes: the request path keeps what it just wrote readable at once ---------------------
 
+    # These run after the write committed in PostgreSQL, with its outbox event. Redis being down
+    # then must not turn a done write into a 503 (a client would retry what is already in
+    # effect): the cache step is skipped, logged, and the pipeline repairs the caches from the
+    # outbox event once Redis is back (apply() / FanoutConsumer: feeds rebuilt, the follow lists
+    # dropped and recounted, the post body forgotten).
+
     async def post_written(self, row: PostRow) -> None:
-        await self._post_cache.put_many([to_wire(row)])
+        await _after_commit(f"post {row.id} written", self._post_cache.put_many([to_wire(row)]))
 
     async def post_removed(self, post_id: int) -> None:
-        await self._post_cache.forget(post_id)
+        await _after_commit(f"post {post_id} deleted", self._post_cache.forget(post_id))
 
     async def follow_changed(self, user_id: int, friend_id: int) -> None:
         # Synchronously, so the follower's next read is right; the pipeline then rebuilds it.
         # Dropping the feed also discards a rebuild racing with this change (see FeedCache).
+        await _after_commit(f"follow {user_id} -> {friend_id} changed", self.apply_follow(user_id, friend_id))
+
+    async def apply_follow(self, user_id: int, friend_id: int) -> None:
+        """Drop what a follow change made stale: the follower's feed and both follow lists (the
+        pipeline does it again, so a change whose request found Redis down is repaired too: a
+        rebuild adds to a feed, it does not replace one that is still there)."""
         await self._feeds.invalidate(user_id)
         await self._social.follow_changed(user_id, friend_id)
 
@@ -170,3 +186,14 @@ class FeedService:
             await self._author_posts.add_post([event.author_id], event.post_id, event.author_id)
             if followers:
                 await self._feeds.add_post(followers, event.post_id, event.author_id)
+            return
+        # post_updated: the request path stored the new body, unless Redis was down then; an
+        # older body may still be cached. Forgotten, the next read takes it from the database.
+        await self._post_cache.forget(event.post_id)
+
+
+async def _after_commit(what: str, step: Awaitable[None]) -> None:
+    try:
+        await step
+    except _REDIS_DOWN as exc:
+        log.warning("%s, caches not updated (redis unavailable: %r): the pipeline repairs them", what, exc)

@@ -84,7 +84,7 @@ class FanoutConsumer:
     async def handle(self, raw: bytes) -> None:
         event = events.decode(raw)
         if isinstance(event, events.FollowEvent):
-            await self._social.follow_changed(event.user_id, event.friend_id)
+            await self._feed.apply_follow(event.user_id, event.friend_id)
             # Warm the follower's feed so their next read is a cache hit.
             await self._feed.rebuild(event.user_id)
         else:
