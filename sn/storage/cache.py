@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sn.models import Post, User
 from sn.storage.redis_mux import MuxRedis
@@ -126,13 +128,23 @@ class ProfileCache:
         worker's memory or in Redis says yes; otherwise ``load`` (the database) decides, and a
         profile it finds goes to Redis for the next worker and for /user/get. On the pipelined
         client, and without copying profiles into this worker's memory: a reconnect storm checks
-        thousands of users whose profiles nobody reads."""
-        key = _USER_KEY.format(user_id)
-        if self._ttl > 0 and (user_id in self._local or await self._reads.execute("EXISTS", key)):
-            return True
+        thousands of users whose profiles nobody reads.
+
+        Every authenticated request may ask this, writes included: with Redis down the database
+        answers alone, so a write that needs only PostgreSQL is not refused for want of a cache."""
+        key = USER_KEY.format(user_id)
+        redis_down = False
+        if self._ttl > 0:
+            if user_id in self._local:
+                return True
+            try:
+                if await self._reads.execute("EXISTS", key):
+                    return True
+            except (RedisConnectionError, RedisTimeoutError):
+                redis_down = True
         user = await load(user_id)
         if user is None:
             return False
-        if self._ttl > 0:
+        if self._ttl > 0 and not redis_down:
             await self._reads.execute("SET", key, _post_encoder.encode(user), "EX", self._ttl)
         return True

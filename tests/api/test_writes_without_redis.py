@@ -75,7 +75,7 @@ def test_follow_unfollow_and_post_writes_answer_200_while_redis_is_down(
     app: httpx.Client, redis_proxy: tuple[TcpProxy, str], private_database_url: str
 ) -> None:
     proxy, _ = redis_proxy
-    reader, author = register(app), register(app)
+    reader, author, newcomer = register(app), register(app), register(app)
     post_id = app.post("/post/create", json={"text": "v1"}, headers=author.auth).json()
     # Warm the caches the writes below would leave stale: the reader's (empty) feed and follow
     # list, and the post's body.
@@ -88,6 +88,9 @@ def test_follow_unfollow_and_post_writes_answer_200_while_redis_is_down(
         assert followed.status_code == 200, followed.text
         assert followed.json() == {"message": "friend added"}
         assert _follows(private_database_url, reader, author)
+        # A token this server has not seen yet: its subject is checked in the database alone.
+        assert app.put(f"/friend/set/{author.id}", headers=newcomer.auth).status_code == 200
+        assert _follows(private_database_url, newcomer, author)
         updated = app.put("/post/update", json={"id": post_id, "text": "v2"}, headers=author.auth)
         assert updated.status_code == 200, updated.text
         created = app.post("/post/create", json={"text": "while redis is away"}, headers=author.auth)
