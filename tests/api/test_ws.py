@@ -460,7 +460,7 @@ async def test_test_post_takes_any_post_id_and_refuses_an_unknown_author(
     follow(client, reader, author)
     ws = await open_socket(server, reader)
     sockets.append(ws)
-    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET)}"}
+    admin = {"Authorization": f"Bearer {admin_token(JWT_SECRET, make_user().id)}"}
     # The seed project's own example: a post id that is not one of ours.
     body = {"post_id": "test_123", "author_user_id": author.id, "post_text": "Test post message"}
     response = client.post("/test-post", json=body, headers=admin)
