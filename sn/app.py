@@ -31,6 +31,7 @@ from sn.context import Services
 from sn.errors import ApiError, NotFound, ServiceUnavailable
 from sn.loop_monitor import LoopMonitor
 from sn.models import Message, ServerError
+from sn.monitoring_listener import MonitoringListener
 from sn.settings import Settings, load_settings
 
 log = logging.getLogger("sn.app")
@@ -189,6 +190,22 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
         _tune_gc()
         app.ctx.loop_monitor = LoopMonitor(warn_after=settings.loop_stall_warning_ms / 1000)
         app.ctx.loop_monitor.start()
+
+    if settings.monitoring_access == "listen":
+        host, port = settings.monitoring_address()
+        monitoring_listener = MonitoringListener(app, host, port)
+
+        @app.after_server_start
+        async def start_monitoring_listener(app: Sanic[Any, Any]) -> None:
+            await monitoring_listener.start()
+
+        @app.before_server_stop
+        async def drain_monitoring_listener(app: Sanic[Any, Any]) -> None:
+            monitoring_listener.stop_accepting()
+
+        @app.after_server_stop
+        async def close_monitoring_listener(app: Sanic[Any, Any]) -> None:
+            await monitoring_listener.close()
 
     @app.before_server_stop
     async def drain(app: Sanic[Any, Any]) -> None:

@@ -44,19 +44,6 @@ def _serve(settings: Settings) -> None:
         single_process=False,
         protocol=ConnectionProtocol,
     )
-    if settings.monitoring_access == "listen":
-        # A second listener in the same workers: routes tell the two apart by the local port.
-        monitoring_host, monitoring_port = settings.monitoring_address()
-        app.prepare(
-            host=monitoring_host,
-            port=monitoring_port,
-            workers=settings.workers,
-            backlog=128,
-            access_log=False,
-            single_process=False,
-            protocol=ConnectionProtocol,
-        )
-        log.info("monitoring endpoints on %s:%d", monitoring_host, monitoring_port)
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
     manager_signals.install()
     Sanic.serve(primary=app, app_loader=loader)

@@ -62,6 +62,9 @@ def hardened(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     proc.start()
     yield Hardened(proc, monitoring_port)
     proc.stop()
+    # Both workers finished their shutdown (with the monitoring listener too) instead of being killed.
+    assert proc.log_path is not None
+    assert proc.log_path.read_text(errors="replace").count("Worker complete") == 2, proc.log_tail()
 
 
 @pytest.fixture(scope="session")

@@ -71,8 +71,9 @@ async def sockets(hardened: Hardened) -> AsyncIterator[Sockets]:
     await asyncio.sleep(0.5)  # (the server gives the counts back in a batch)
 
 
-@pytest.fixture(scope="module")
-def users(hardened_client: httpx.Client, client: httpx.Client) -> list[User]:
+@pytest.fixture
+def users(client: httpx.Client) -> list[User]:
+    # Fresh users (and addresses) per test: no count of another test's sockets, in any order.
     return [register(client) for _ in range(PER_WORKER + 2)]
 
 
