@@ -6,7 +6,9 @@ that sends one header line every few seconds keeps its connection (and a file de
 long as it likes: 1,500 such sockets were all still held after 20 s. Here the head of every
 request must be complete within ``HEADER_TIMEOUT`` (app config, SN_HEADER_TIMEOUT_SECONDS) of its
 first byte, however the bytes trickle in; else the client gets 408 and the connection is closed.
-A connection that sends nothing at all, or idles between requests, is closed after
+The same for the body: the whole request must have arrived within REQUEST_TIMEOUT
+(SN_REQUEST_TIMEOUT_SECONDS) of its first byte, else 408. A connection that sends nothing at all,
+or idles between requests, is closed after
 KEEP_ALIVE_TIMEOUT (SN_KEEP_ALIVE_TIMEOUT_SECONDS) as before. Timeouts are checked by Sanic's
 per-connection timer, whose period here is at most half the shortest timeout (the head timeout
 included), and which fires at the head's deadline while a head is being received.
@@ -81,6 +83,13 @@ class ConnectionProtocol(HttpProtocol):
                 )
             elif stage is Stage.REQUEST and duration > self.request_timeout:
                 http.exception = RequestTimeout("Request Timeout")
+            elif stage is Stage.HANDLER and http.request_body and now - self._head_started > self.request_timeout:
+                # A body trickled in byte by byte renews Sanic's timeout as the head did: bounded too.
+                http.exception = RequestTimeout(
+                    f"request body not complete within {self.request_timeout:g} s of the request's first byte"
+                )
+                # Else Sanic would read the rest of the body after the 408, at the trickler's pace.
+                http.request_body = None
             elif stage is Stage.HANDLER and http.upgrade_websocket:
                 return  # (ours: sn.api.ws takes the transport over)
             elif stage in (Stage.HANDLER, Stage.RESPONSE, Stage.FAILED) and duration > self.response_timeout:

@@ -16,6 +16,7 @@ from tests.support import ServerProcess, free_port
 
 HEADER_TIMEOUT = 2.0
 KEEP_ALIVE_TIMEOUT = 3.0
+REQUEST_TIMEOUT = 6
 PER_USER = 3
 PER_ADDRESS = 5
 PER_WORKER = 8
@@ -50,6 +51,7 @@ def hardened(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         "SN_PROXIES_COUNT": "1",
         "SN_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "SN_KEEP_ALIVE_TIMEOUT_SECONDS": str(KEEP_ALIVE_TIMEOUT),
+        "SN_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT),
         "SN_WS_MAX_PER_USER": str(PER_USER),
         "SN_WS_MAX_PER_ADDRESS": str(PER_ADDRESS),
         "SN_WS_MAX_PER_WORKER": str(PER_WORKER),

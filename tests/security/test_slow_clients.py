@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from tests.security.conftest import HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, Hardened
+from tests.security.conftest import HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT, Hardened
 
 TRICKLERS = 300
 # Slack for a loaded machine (the point: bounded, where a trickler was never cut off before).
@@ -86,3 +86,31 @@ async def test_silent_and_idle_connections_are_closed(hardened: Hardened) -> Non
     times = await asyncio.gather(*(silent() for _ in range(100)), *(idle_after_a_request() for _ in range(20)))
     assert max(times) < KEEP_ALIVE_TIMEOUT + SLACK, max(times)
     assert min(times) >= KEEP_ALIVE_TIMEOUT - 0.5, min(times)
+
+
+async def test_body_tricklers_are_cut_off(hardened: Hardened) -> None:
+    async def trickle() -> tuple[float, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", hardened.port)
+        writer.write(
+            b"POST /login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(200):
+                    await asyncio.sleep(0.5)  # a byte every half second: the body never completes
+                    writer.write(b" ")
+                    await writer.drain()
+
+        dripping = asyncio.create_task(drip())
+        try:
+            return await _closed_after(reader, REQUEST_TIMEOUT + 60)
+        finally:
+            dripping.cancel()
+            writer.close()
+
+    results = await asyncio.gather(*(trickle() for _ in range(50)))
+    for seconds, received in results:
+        assert seconds < REQUEST_TIMEOUT + SLACK, seconds
+        assert received.startswith(b"HTTP/1.1 408"), received[:100]
+        assert f"request body not complete within {REQUEST_TIMEOUT} s".encode() in received
