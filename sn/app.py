@@ -25,7 +25,7 @@ from sn import logs
 from sn.access_log import AccessLog
 from sn.actors.actions import CLOSE_GOING_AWAY
 from sn.actors.socket import CLOSE_TIMEOUT_SECONDS
-from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, users, ws
+from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, user_posts, users, web, ws
 from sn.api.common import authenticate, record_access, reject_nul_query
 from sn.context import Services
 from sn.errors import ApiError, NotFound, ServiceUnavailable
@@ -179,7 +179,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.ctx.settings = settings
     app.ctx.draining = False
 
-    for module in (users, friends, posts, dialogs, health, openapi, ws, monitoring, admin):
+    for module in (users, friends, posts, user_posts, dialogs, health, openapi, ws, monitoring, admin, web):
         app.blueprint(module.bp)
 
     @app.before_server_start

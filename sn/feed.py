@@ -123,6 +123,10 @@ class FeedService:
             await self._author_posts.commit_rebuild(author_id, token, newest)
         return await self._posts.recent_by_author(author_id, limit, before=before)
 
+    async def author_page(self, author_id: int, *, limit: int, before: int | None) -> bytes:
+        """One author's posts, newest first, older than `before` (GET /user/{id}/posts)."""
+        return await self.bodies(await self._recent_of(author_id, limit, before))
+
     async def bodies(self, keys: Sequence[tuple[int, int]]) -> bytes:
         """A JSON array of the posts at (post_id, author_id) keys, in order: one MGET, then the
         misses from the database. Cached bodies are spliced in as stored, never re-encoded."""

@@ -135,6 +135,15 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 401),
     ),
     Operation(
+        "get",
+        "/user/{user_id}/posts",
+        "One user's posts, newest first",
+        list[Post],
+        optional_auth=True,
+        params=(("user_id", "path", "string"), ("limit", "query", "integer"), ("before", "query", "string")),
+        errors=(400, 401, 404),
+    ),
+    Operation(
         "post",
         "/dialog/{user_id}/send",
         "Send a message",
