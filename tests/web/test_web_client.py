@@ -78,7 +78,8 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     author_id = client.post("/user/register", json={**body, "password": "author-password"}).json()["user_id"]
     await author_tab.open()
     await log_in_in_page(author, author_id, "author-password")
-    for text in ("Доброе утро, Пермь!", "Second post: the feed is newest first"):
+    older = [f"An older post, number {i}" for i in range(1, 24)]  # more than a page (20)
+    for text in (*older, "Доброе утро, Пермь!", "Second post: the feed is newest first"):
         client.post("/post/create", json={"text": text}, headers=_auth(client, author_id, "author-password"))
 
     # Search by Cyrillic prefixes (lower case for a capitalised name), then follow from her page.
@@ -90,13 +91,21 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     await expect(result).to_have_count(1)
     await result.click()
     await expect(reader.get_by_role("heading", name=f"Ярослава {surname}")).to_be_visible()
-    await expect(posts_of(reader)).to_have_count(2)  # her page lists her posts
+    await expect(posts_of(reader).first).to_have_text(re.compile("Second post"))  # her page lists her posts
     await reader.get_by_role("button", name="Follow", exact=True).click()
     await expect(reader.get_by_text("You follow Ярослава")).to_be_visible()
 
     await reader.get_by_role("link", name="Feed").click()
     await expect(posts_of(reader).first).to_have_text(re.compile("Second post"))
-    await expect(posts_of(reader)).to_have_count(2)
+    await expect(posts_of(reader).nth(1)).to_have_text(re.compile("Доброе утро"))
+    await expect(posts_of(reader)).to_have_count(20)
+    # Scrolling to the end fetches the next page with the `before` cursor.
+    await reader.get_by_role("button", name="Load older posts").scroll_into_view_if_needed()
+    await expect(posts_of(reader)).to_have_count(25)
+    await expect(posts_of(reader).last).to_have_text(re.compile("number 1$"))
+    await reader.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # on to the end
+    await expect(reader.get_by_text("No older posts.")).to_be_visible()
+    await reader.evaluate("window.scrollTo(0, 0)")
     await live(reader)
 
     # She posts an XSS payload from her page; it reaches the reader's open feed as plain text.
@@ -112,6 +121,7 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     await expect(newest.locator("img, script, b")).to_have_count(0)
     assert await reader.evaluate("window.__xss") is None
     assert await author.evaluate("window.__xss") is None
+    await save_screenshot(reader, "web-feed.png", tmp_path)
 
     # Her edit and her deletion show up in the reader's feed without a reload.
     await author.get_by_role("button", name="Edit").first.click()
@@ -121,9 +131,8 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     await expect(newest).to_contain_text("edited")
     await author.get_by_role("button", name="Delete").first.click()
     await author.get_by_role("button", name="Yes, delete it").click()
-    await expect(posts_of(reader)).to_have_count(2)
+    await expect(posts_of(reader)).to_have_count(25)
     await expect(reader.get_by_text("Edited:")).to_have_count(0)
-    await save_screenshot(reader, "web-feed.png", tmp_path)
 
     # The connection drops while the network is gone: the page says so, and on reconnecting
     # (?since=) it gets the post made meanwhile.
