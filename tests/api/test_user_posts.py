@@ -24,6 +24,7 @@ def test_a_users_posts_newest_first_with_the_before_cursor(
     # Edits and deletions show: the list is the author's current posts.
     client.put("/post/update", json={"id": ids[4], "text": "post 4, edited"}, headers=author.auth)
     client.put(f"/post/delete/{ids[3]}", headers=author.auth)
+
     # (the deleted post's id leaves the author's cached list through the pipeline, a moment later;
     # until then its body is already gone, so a page may come back one short, never wrong)
     def latest() -> list[tuple[str, str]]:
