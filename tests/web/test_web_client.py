@@ -181,8 +181,8 @@ async def test_operator_page_shows_a_celebrity_fanout_live(
     for follower in followers:
         assert client.put(f"/friend/set/{celebrity.id}", headers=follower.auth).status_code == 200
     assert client.put(f"/friend/set/{normal_author.id}", headers=fan.auth).status_code == 200
-    # Six online followers in batches of one, 0.6 s apart: a fan-out of about three seconds.
-    settings = {"celebrity_threshold": 5, "batch_size": 1, "batch_delay": 0.6}
+    # Six online followers in batches of one, 1 s apart: a fan-out of about five seconds.
+    settings = {"celebrity_threshold": 5, "batch_size": 1, "batch_delay": 1.0}
     assert client.post("/celebrity-settings", json=settings, headers=admin_auth).status_code == 200
     sockets: list[ClientConnection] = []
     try:
@@ -195,15 +195,15 @@ async def test_operator_page_shows_a_celebrity_fanout_live(
         await page.get_by_role("button", name="Use token").click()
         await expect(page.locator(".tile", has_text="connections").locator(".tile-value")).not_to_have_text("…")
         await expect(page.get_by_label("Threshold (followers)")).to_have_value("5")
-        await asyncio.sleep(1.2)  # every worker re-reads the settings within a second; presence settles
+        for i in range(4):  # normal posts: the latency chart next to the send rate
+            _post(client, normal_author, f"before {i}")
+            await asyncio.sleep(0.35)  # meanwhile every worker re-reads the settings; presence settles
 
         celebrity_post = _post(client, celebrity, "Hello, little monsters!")
         progress = page.locator(f'.fanout[data-post-id="{celebrity_post}"] progress')
         await expect(progress).to_have_attribute("max", "6")
+        _post(client, normal_author, "meanwhile")
         await expect(progress).not_to_have_attribute("value", re.compile("^[01]$"), timeout=10_000)
-        for i in range(4):  # normal posts meanwhile: the latency chart next to the send rate
-            _post(client, normal_author, f"meanwhile {i}")
-            await asyncio.sleep(0.3)
         await expect(page.locator(".fanout", has_text=celebrity_post)).to_contain_text("of 6 online followers notified")
         await save_screenshot(page, "web-operator.png", tmp_path)
 
