@@ -215,9 +215,10 @@ async def test_operator_page_shows_a_celebrity_fanout_live(
         await expect(page.locator("table", has=page.locator("caption", has_text="Celebrities"))).to_contain_text(
             celebrity.id
         )
-        await expect(
-            page.locator("table", has=page.locator("caption", has_text="Per worker")).locator("tbody tr")
-        ).to_have_count(2)
+        # (the suite's other servers may have left workers' stats in the same Redis: at least ours)
+        workers = page.locator("table", has=page.locator("caption", has_text="Per worker")).locator("tbody tr")
+        await expect(workers.first).to_contain_text("s ago")
+        assert await workers.count() >= 2
         await expect(page.locator("table", has=page.locator("caption", has_text="Nodes"))).to_be_visible()
 
         # Edited in place: the server has the new settings.
