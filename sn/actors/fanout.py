@@ -14,6 +14,7 @@ the event loop to everything else.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
@@ -56,6 +57,13 @@ def realtime_body(event: events.PostEvent) -> bytes:
     )
 
 
+def _once_key(event: events.PostEvent, body: bytes) -> str:
+    """Names one event: a post is created and deleted once; its updates differ by their body."""
+    if event.type == "post_updated":
+        return f"{event.type}:{event.post_id}:{hashlib.blake2b(body, digest_size=8).hexdigest()}"
+    return f"{event.type}:{event.post_id}"
+
+
 class QueueRouter:
     """Decides which bus queue an event travels on (used by the outbox relay)."""
 
@@ -90,7 +98,8 @@ class FanoutConsumer:
         else:
             followers = await self._social.followers(event.author_id)
             await self._feed.apply(event, followers)
-            await self._eventlog.route_to_followers(realtime_body(event), event.author_id, followers)
+            body = realtime_body(event)
+            await self._eventlog.route_to_followers(body, event.author_id, followers, once_key=_once_key(event, body))
             if event.type == "post_created":  # the id's timestamp is the post's creation time
                 lag = time.time() - timestamp_ms(event.post_id) / 1000
                 metrics().fanout_latency.observe(lag)

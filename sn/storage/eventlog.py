@@ -25,6 +25,7 @@ from sn.storage.redis_mux import Arg, MuxRedis, ScriptCall
 
 LOG_KEY = "sn:rt:log"
 COUNTER_KEY = "sn:rt:event_seq"
+ROUTED_PREFIX = "sn:rt:routed:"  # + an event's once_key + chunk: that chunk was routed (kept a day)
 # A counter that is not there (a new Redis, or one that restarted empty) starts at the clock in
 # milliseconds times 1000, not at 1: open sockets hold cursors from the lost counter, and ids
 # starting again from 1 would sit below them and be dropped as already delivered. Clock-based,
@@ -54,8 +55,11 @@ return id
 
 # KEYS[1] log, KEYS[2] counter, KEYS[3] the registry of workers' online sets, KEYS[4..] presence
 # keys of followers; ARGV: body, author, now_ms, log_maxlen, stream_maxlen, now (seconds, float),
-# the most workers for which to use online sets, the online sets' key prefix, then the follower
-# ids (same order as their keys).
+# the most workers for which to use online sets, the online sets' key prefix, a key marking this
+# chunk of this event as routed ('' for none), then the follower ids (same order as their keys).
+# The mark makes a redelivered bus message (at least once: a confirm or an ack lost in a broker
+# outage) route nothing the second time: routed again, it would reach sockets under a new event
+# id, and clients would show the post twice.
 # Presence is looked up inside the script: a socket registered before it runs gets the event
 # live, one registered after finds it in the log when it replays. No window loses an event.
 # Two ways to look it up: with few workers, one SMISMEMBER of the whole chunk per worker's online
@@ -65,6 +69,7 @@ return id
 # never written: the online set keeps them until their worker's set expires, the presence key
 # until its entry does; the worker holding no socket for them drops the event either way.
 _ROUTE_FOLLOWERS = """
+if ARGV[9] ~= '' and not redis.call('SET', ARGV[9], '1', 'NX', 'EX', 86400) then return {0, 0} end
 local id = redis.call('INCR', KEYS[2])
 local first = id == 1  -- a new counter: its first entry is marked ('s'), see replay
 if first then id = tonumber(ARGV[3]) * 1000; redis.call('SET', KEYS[2], string.format('%d', id)) end
@@ -92,10 +97,10 @@ for _, stream in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 if #streams <= tonumber(ARGV[7]) then
   for _, stream in ipairs(streams) do
-    local flags = redis.call('SMISMEMBER', ARGV[8] .. stream, unpack(ARGV, 9, 8 + count))
+    local flags = redis.call('SMISMEMBER', ARGV[8] .. stream, unpack(ARGV, 10, 9 + count))
     local recipients = {}
     for i, flag in ipairs(flags) do
-      if flag == 1 then recipients[#recipients + 1] = ARGV[i + 8] end
+      if flag == 1 then recipients[#recipients + 1] = ARGV[i + 9] end
     end
     if #recipients > 0 then send(stream, recipients) end
   end
@@ -106,7 +111,7 @@ local by_stream, order = {}, {}
 for i = 4, #KEYS do
   for _, stream in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf')) do
     if not by_stream[stream] then by_stream[stream] = {}; order[#order + 1] = stream end
-    table.insert(by_stream[stream], ARGV[i + 5])
+    table.insert(by_stream[stream], ARGV[i + 6])
   end
 end
 for _, stream in ipairs(order) do send(stream, by_stream[stream]) end
@@ -161,9 +166,12 @@ class EventLog:
         args += [",".join(map(str, deliveries[s])) for s in streams]
         return int(await self._route(keys=[LOG_KEY, COUNTER_KEY, *streams], args=args))
 
-    async def route_to_followers(self, body: bytes, author_id: int, followers: Sequence[int]) -> tuple[int, int]:
+    async def route_to_followers(
+        self, body: bytes, author_id: int, followers: Sequence[int], *, once_key: str | None = None
+    ) -> tuple[int, int]:
         """Log the event and deliver it to the online ones among `followers` in one atomic step
-        per chunk; returns (last event id, sockets' users reached)."""
+        per chunk; returns (last event id, sockets' users reached). With ``once_key`` (naming the
+        event), a chunk already routed under it is not routed again: (0, 0) when none was."""
         now = time.time()
         calls: list[ScriptCall] = []
         # Chunked so one script never blocks Redis for long; an empty list still logs the event.
@@ -178,12 +186,13 @@ class EventLog:
                 repr(now),
                 self.ONLINE_SET_MAX_WORKERS,
                 ONLINE_PREFIX,
+                f"{ROUTED_PREFIX}{once_key}:{start}" if once_key else "",
                 *chunk,
             ]
             keys = [LOG_KEY, COUNTER_KEY, STREAMS_KEY, *(presence_key(f) for f in chunk)]
             calls.append(self._route_followers.call(keys, args))
         results = await self._mux.run_scripts(calls)
-        return int(results[-1][0]), sum(int(result[1]) for result in results)
+        return max(int(result[0]) for result in results), sum(int(result[1]) for result in results)
 
     async def replay(
         self,

@@ -262,3 +262,21 @@ async def test_count_online_counts_a_user_once_however_many_workers_hold_them(am
     await presence.leave([everywhere], w2)
     await presence.leave([everywhere], w3)
     assert await presence.count_online([w1, w2, w3]) == 11
+
+
+async def test_a_redelivered_event_is_routed_once(aredis: Redis, amux: MuxRedis, routing_log: EventLog) -> None:
+    # The bus delivers at least once (a publisher confirm or an ack lost while the broker was away):
+    # routed twice, the post would reach sockets twice under two event ids.
+    presence, log = Presence(amux), routing_log
+    author, follower = next(_ids), next(_ids)
+    stream = f"sn:rt:stream:test:{author}:once"
+    await presence.refresh([follower], stream)
+    once = f"post_created:{author}"
+    first_id, reached = await log.route_to_followers(body(5, author), author, [follower], once_key=once)
+    assert (first_id > 0, reached) == (True, 1)
+    assert await log.route_to_followers(body(5, author), author, [follower], once_key=once) == (0, 0)
+    assert await aredis.xlen(stream) == 1
+    # Another event (another key) is routed as usual.
+    other_id, reached = await log.route_to_followers(body(6, author), author, [follower], once_key=once + ":x")
+    assert other_id > first_id
+    assert reached == 1
