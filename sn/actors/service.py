@@ -15,8 +15,12 @@ Two kinds of crash, told apart by the exception:
   without it) that gives up ends the worker (``on_give_up``), so the process manager starts a
   fresh one: never a worker that answers /ready 200 while it delivers nothing.
 
-Either way a loop that crashed ``STRUGGLING_CRASHES`` times within ``STRUGGLING_WINDOW`` seconds
-(or gave up) is reported by /ready (503, naming it) and by the ``sn_loop_failing`` metric.
+/ready (503, naming the loop) and the ``sn_loop_failing`` metric report a loop that gave up, one
+that crashed ``STRUGGLING_CRASHES`` times within ``STRUGGLING_WINDOW`` seconds and again within the
+last ``RECENT_SECONDS``, and one waiting for a dependency (in its backoff after an outage, or restarted
+from it less than ``OUTAGE_RECENT_SECONDS`` ago). So a worker is ready again a few seconds after an outage ends,
+not for the whole window: every worker of every pod saw the same outage, and keeping them all out
+of the load balancer for half a minute after it would extend it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ log = logging.getLogger("sn.actors")
 OUTAGE_BACKOFF_MAX = 2.0
 STRUGGLING_CRASHES = 3
 STRUGGLING_WINDOW = 30.0
+RECENT_SECONDS = 10.0
+OUTAGE_RECENT_SECONDS = 1.0
 # A worker ending itself stops gracefully (sockets get 1001); past this it exits outright.
 EXIT_GRACE_SECONDS = 15.0
 
@@ -83,7 +89,8 @@ class SupervisedLoop:
         self.failed = False
         self.last_error: str | None = None
         self.crashes = 0
-        self._recent: deque[float] = deque(maxlen=STRUGGLING_CRASHES)
+        self._recent: deque[float] = deque(maxlen=STRUGGLING_CRASHES)  # crashes that were not outages
+        self._waiting_until = -1e9  # waiting for a dependency until then (backoff, then a moment)
         self._outages_in_a_row = 0
         self._reported_failing = False
 
@@ -100,8 +107,14 @@ class SupervisedLoop:
         """Gave up, or keeps crashing (what /ready reports)."""
         if self.failed:
             return True
-        recent = self._recent
-        return len(recent) == STRUGGLING_CRASHES and time.monotonic() - recent[0] <= STRUGGLING_WINDOW
+        now, recent = time.monotonic(), self._recent
+        if now < self._waiting_until:
+            return True
+        return (
+            len(recent) == STRUGGLING_CRASHES
+            and now - recent[0] <= STRUGGLING_WINDOW
+            and now - recent[-1] <= RECENT_SECONDS
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -116,14 +129,19 @@ class SupervisedLoop:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.crashes += 1
-                self._recent.append(time.monotonic())
+                outage = is_outage(exc)
+                backoff = min(0.1 * 2 ** min(self._outages_in_a_row + 1, 5), OUTAGE_BACKOFF_MAX)
+                if outage:
+                    self._waiting_until = time.monotonic() + backoff + OUTAGE_RECENT_SECONDS
+                else:
+                    self._recent.append(time.monotonic())
                 metrics().loop_crashes.labels(self.name).inc()
                 self._report()
-                if is_outage(exc):
+                if outage:
                     # Waiting for a dependency: retried for as long as it takes, never given up.
                     self._outages_in_a_row += 1
                     log.warning("%s: dependency unavailable (%s); retrying", self.name, self.last_error)
-                    await asyncio.sleep(min(0.1 * 2 ** min(self._outages_in_a_row, 5), OUTAGE_BACKOFF_MAX))
+                    await asyncio.sleep(backoff)
                     continue
                 self._outages_in_a_row = 0
                 if self._tracker.on_crash(time.monotonic()) is RestartDecision.GIVE_UP:
@@ -148,6 +166,8 @@ class SupervisedLoop:
         self._report()
         if self.failed:
             return f"failed: {self.last_error}"
+        if time.monotonic() < self._waiting_until:
+            return f"waiting for a dependency: {self.last_error}"
         if self.struggling:
             return f"crashing: {self.last_error}"
         return "ok"

@@ -33,6 +33,10 @@ async def test_an_outage_is_waited_out_however_long_it_lasts() -> None:
     await asyncio.wait_for(loop._task, 30)  # type: ignore[arg-type]
     assert attempts == 5
     assert not loop.failed
+    # Unready while it waited; ready again a few seconds after (the window is not held against it).
+    assert loop.status() == "waiting for a dependency: ConnectionRefusedError: dependency down"
+    loop._waiting_until -= 3
+    assert loop.status() == "ok"
 
 
 async def test_a_loop_that_keeps_crashing_reports_itself_then_gives_up() -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -101,6 +102,7 @@ class Clients:
         # follower id -> author id -> when the follow was answered 200 (monotonic)
         self.follows: dict[str, dict[str, float]] = {}
         self.http = httpx.AsyncClient(base_url=base_url, timeout=15)
+        self.window = Window()  # the running phase's
         self.feeds: dict[str, set[str]] = {}  # each user's feed as last read by the reconciliation
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -154,9 +156,9 @@ class Clients:
         if response is not None and response.status_code == 200:
             self.follows.setdefault(follower.id, {}).setdefault(author.id, time.monotonic())
 
-    async def post(self, author: Account, window: Window) -> None:
+    async def post(self, author: Account, window: Window, *, text: str | None = None) -> None:
         sent = time.monotonic()
-        text = f"chaos {uuid.uuid4().hex[:12]}"
+        text = f"chaos {uuid.uuid4().hex[:12]} {text or ''}"
         response = await self._request(window, "POST", "/post/create", json={"text": text}, headers=author.auth)
         if response is not None and response.status_code == 200:
             window.committed.append(Post(str(response.json()), author.id, sent, time.monotonic()))
@@ -201,8 +203,18 @@ class Clients:
         return f"{base}/ws/{tab.account.id}?token={tab.account.token}{since}"
 
     async def _open(self, tab: Tab) -> None:
-        # A small queue: a tab that stops reading (the slow-consumer fault) stops taking bytes soon.
-        tab.ws = await connect(self._url(tab), open_timeout=10, max_queue=4, ping_interval=None)
+        # A small queue and receive buffer: a tab that stops reading (the slow-consumer fault)
+        # soon stops taking bytes, as a phone on a bad network would.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        try:
+            host, port = urlsplit(self.base_url).hostname or "127.0.0.1", urlsplit(self.base_url).port or 80
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), 10)
+            tab.ws = await connect(self._url(tab), sock=sock, open_timeout=10, max_queue=4, ping_interval=None)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _listen(self, tab: Tab) -> None:
         backoff = 0.2
@@ -407,10 +419,29 @@ async def _sigterm_server(system: System, clients: Clients) -> None:
     await system.stop_server()
 
 
+SLOW_BURST_POSTS = 700
+SLOW_POST_CHARS = 9900
+
+
 async def _slow_tabs(system: System, clients: Clients) -> None:
-    # One tab of every third user stops reading while the others go on (a phone in a tunnel).
-    for tab in clients.tabs[:: clients.tabs_per_user * 3]:
+    """One tab of each follower of one author stops reading (a phone in a tunnel) while that author
+    posts a burst of big posts: more than the server buffers for a socket, so the slow tabs are
+    closed (4008) and catch up on reconnecting; every other tab must get the burst live."""
+    loud = clients.accounts[0]
+    followers = {f for f, authors in clients.follows.items() if loud.id in authors}
+    slow = [tab for tab in clients.tabs if tab.account.id in followers and tab.name.endswith("/0")]
+    for tab in slow:
         tab.paused.set()
+    window = clients.window
+    text = "x" * SLOW_POST_CHARS
+    queue = list(range(SLOW_BURST_POSTS))
+
+    async def poster() -> None:
+        while queue:
+            queue.pop()
+            await clients.post(loud, window, text=text)
+
+    await asyncio.gather(*(poster() for _ in range(12)))
 
 
 async def _resume_tabs(system: System, clients: Clients) -> None:
@@ -425,7 +456,7 @@ FAULTS: dict[str, Fault] = {
     "postgres-cut": Fault("postgres-cut", _proxy("postgres", "cut"), _proxy("postgres", "restore"), 6.0),
     "redis-partition": Fault("redis-partition", _proxy("redis", "stall"), _proxy("redis", "unstall"), 12.0),
     "server-sigterm": Fault("server-sigterm", _sigterm_server, lambda s, c: s.start_server(), 0.0),
-    "slow-consumer": Fault("slow-consumer", _slow_tabs, _resume_tabs, 8.0),
+    "slow-consumer": Fault("slow-consumer", _slow_tabs, _resume_tabs, 3.0),
 }
 
 
@@ -458,7 +489,7 @@ class Row(msgspec.Struct):
 async def run_fault(
     system: System, clients: Clients, fault: Fault, *, rate: float, before: float = 3.0, settle: float = 20.0
 ) -> Row:
-    window = Window()
+    window = clients.window = Window()
     stop = asyncio.Event()
     tabs_before = {tab.name: (len(tab.closes), tab.resyncs, dict(tab.received)) for tab in clients.tabs}
     load = asyncio.create_task(clients.load(window, stop, rate=rate))
