@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from sn.wsclient import ws_url
 from tests.conftest import JWT_SECRET
-from tests.support import ServerProcess, User, admin_token
+from tests.support import ServerProcess, User, admin_token, eventually
 from tests.web.conftest import Tab, save_screenshot
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     # The reader registers through the page (and is logged in by it); the author logs in with an id.
     await reader_tab.open()
     await expect(reader).to_have_url(re.compile(r"#/login$"))
-    await register_in_page(reader, "Анна", "Петрова" + cyrillic_suffix(), "reader-password")
+    reader_id = await register_in_page(reader, "Анна", "Петрова" + cyrillic_suffix(), "reader-password")
     surname = "Щукина" + cyrillic_suffix()
     body = {"first_name": "Ярослава", "second_name": surname, "birthdate": "1991-02-03", "city": "Пермь"}
     author_id = client.post("/user/register", json={**body, "password": "author-password"}).json()["user_id"]
@@ -154,6 +154,41 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     await live(reader)
     await reader.get_by_role("button", name=re.compile("1 new post")).click()
     await expect(posts_of(reader).first.locator(".text")).to_have_text("While you were away")
+
+    # Back with an event id the server's log no longer reaches: it answers "resync" and the page
+    # fetches the feed again, the post made meanwhile at the top (no banner: it is in the feed).
+    await reader_tab.context.set_offline(True)
+    await reader.evaluate("window.snLive.lastEventId = 1; window.snLive.ws && window.snLive.ws.close()")
+    await expect(reader.locator("#conn")).to_contain_text("Offline")
+    client.post("/post/create", json={"text": "After a resync"}, headers=_auth(client, author_id, "author-password"))
+    reader_auth = {"Authorization": "Bearer " + await reader.evaluate("sessionStorage.getItem('sn.token')")}
+
+    def in_feed() -> bool:  # the pipeline has put it in the reader's feed (as it routed the event)
+        return client.get("/post/feed", headers=reader_auth).json()[0]["text"] == "After a resync"
+
+    eventually(in_feed)
+    await reader_tab.context.set_offline(False)
+    await live(reader)
+    await expect(posts_of(reader).first.locator(".text")).to_have_text("After a resync")
+    await expect(reader.locator("button.banner")).to_be_hidden()
+
+    # A dialog: the reader writes from the author's page; the author opens it from the reader's
+    # page and answers; the reader's open conversation picks the answer up by itself (polling).
+    await reader.goto(f"{reader_tab.base_url}/#/user/{author_id}")
+    await reader.get_by_role("link", name="Message").click()
+    await expect(reader.get_by_role("heading", name=f"Conversation with Ярослава {surname}")).to_be_visible()
+    await expect(reader.get_by_text("no live channel for dialogs")).to_be_visible()
+    await reader.get_by_role("textbox", name="Message").fill("Привет! <b>Как дела?</b>")
+    await reader.get_by_role("button", name="Send").click()
+    await expect(reader.locator("ol.messages li.mine p")).to_have_text("Привет! <b>Как дела?</b>")
+    await author.goto(f"{author_tab.base_url}/#/user/{reader_id}")
+    await author.get_by_role("link", name="Message").click()
+    await expect(author.locator("ol.messages li.theirs p")).to_have_text("Привет! <b>Как дела?</b>")
+    await author.get_by_role("textbox", name="Message").fill("Отлично!")
+    await author.get_by_role("button", name="Send").click()
+    await expect(reader.locator("ol.messages li.theirs p")).to_have_text("Отлично!", timeout=15_000)
+    await reader.get_by_role("link", name="Dialogs").click()
+    await expect(reader.get_by_role("link", name=f"Ярослава {surname}")).to_be_visible()
 
     # Log out: the tab forgets the token and the page asks to log in again.
     await reader.get_by_role("button", name="Log out").click()
