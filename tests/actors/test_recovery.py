@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.api.test_ws import follow, open_socket, recv_json, worker_of
 from tests.private_services import PrivateRedis
+from tests.proxy import TcpProxy
 from tests.support import ServerProcess, User, eventually, register
 
 pytestmark = pytest.mark.slow
@@ -124,5 +125,54 @@ async def test_real_time_delivery_survives_redis_losing_its_data(
             assert eventually(lambda: refetched() >= {before, after}, timeout=RECOVERY_SECONDS)
             # Ready again once the loops have stopped crashing (the outage counted as crashes).
             eventually(lambda: client.get("/ready").status_code == 200, timeout=40, interval=0.5)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(server_env: dict[str, str]) -> Iterator[tuple[ServerProcess, PrivateRedis, TcpProxy]]:
+    with PrivateRedis() as own, TcpProxy("127.0.0.1", own.port) as proxy:
+        env = {
+            **server_env,
+            "SN_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+            "SN_BUS_PREFIX": f"fo{uuid.uuid4().hex[:8]}",
+        }
+        server = ServerProcess(env, workers=2).start()
+        try:
+            yield server, own, proxy
+        finally:
+            server.stop()
+
+
+async def test_a_failover_that_kept_the_epoch_but_lost_events_resyncs_too(
+    behind_proxy: tuple[ServerProcess, PrivateRedis, TcpProxy],
+) -> None:
+    # A replica promoted before it had the last writes: the epoch key made it across, the newest
+    # events did not (its counter is behind what the sockets saw). Staged deterministically: while
+    # the workers cannot reach it, Redis is replaced by an empty one holding the old epoch and a
+    # small counter.
+    server, own, proxy = behind_proxy
+    with httpx.Client(base_url=server.base_url, timeout=15) as client:
+        author, reader = register(client), register(client)
+        follow(client, reader, author)
+        sockets = await _sockets_on_both_workers(server, reader)
+        try:
+            before = _post_until_committed(client, author, "before the failover")
+            last_id = await _expect_post(sockets, before, 0)
+            with own.client() as store:
+                epoch = store.get("sn:rt:epoch")
+            assert epoch is not None
+            proxy.cut()
+            own.restart_empty()
+            with own.client() as store:
+                store.set("sn:rt:epoch", epoch)
+                store.set("sn:rt:event_seq", 5)
+            proxy.restore()
+            for ws in sockets:
+                await _next_of(ws, {"resync"}, RECOVERY_SECONDS + 5)
+            after = _post_until_committed(client, author, "after the failover")
+            await _expect_post(sockets, after, last_id)
+            with own.client() as store:
+                assert store.get("sn:rt:epoch") != epoch  # the worker that noticed told the others
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets))
