@@ -16,8 +16,6 @@ from sn.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("sn.cli")
 
-DEV_DATABASE_URL_FILE = "database-url"
-
 
 def _serve(settings: Settings) -> None:
     """Run the multi-worker Sanic server; each worker builds its app from the environment."""
@@ -32,6 +30,10 @@ def _serve(settings: Settings) -> None:
     if not settings.database_url or not settings.redis_url:
         raise SettingsError("SN_DATABASE_URL and SN_REDIS_URL must be set for `sn serve` (or run `sn dev`)")
     logs.configure(settings)
+    if not settings.dev_mode:  # (`sn dev` checked them already)
+        from sn import connections
+
+        asyncio.run(connections.check(settings, connections.origins(), ("database_url", "redis_url")))
     _prepare_metrics_dir(settings)
     loader = AppLoader(factory=create_app)
     app = loader.load()
@@ -87,27 +89,44 @@ def _dev_secret(data_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def embedded_services(settings: Settings) -> Iterator[Settings]:
-    """Start embedded PostgreSQL/Redis for whichever URL is unset; stop them on exit."""
+def embedded_services(settings: Settings, found: dict[str, str] | None = None) -> Iterator[Settings]:
+    """Start embedded PostgreSQL/Redis for whichever URL is unset; stop them on exit. While they
+    run, ``<data dir>/dev-servers.json`` tells other commands in this checkout where they are."""
+    from sn.connections import remove_dev_servers, write_dev_servers
     from sn.embedded import EmbeddedPostgres, EmbeddedRedis
     from sn.settings import with_overrides
 
+    found = {} if found is None else found
     data_dir = Path(settings.data_dir).resolve()
     with contextlib.ExitStack() as stack:
         changes: dict[str, str] = {}
         if not settings.database_url:
             pg = stack.enter_context(EmbeddedPostgres(data_dir / "pg"))
             changes["database_url"] = pg.url
+            found["database_url"] = (
+                f"the embedded PostgreSQL `sn dev` started (SN_DATABASE_URL unset; {data_dir / 'pg'})"
+            )
             log.info("embedded PostgreSQL at %s (data in %s)", pg.url, data_dir / "pg")
-            # For `sn admin-token`, which checks that its user exists (the port changes every start).
-            (data_dir / DEV_DATABASE_URL_FILE).write_text(pg.url)
         if not settings.redis_url:
             rd = stack.enter_context(EmbeddedRedis(data_dir / "redis"))
             changes["redis_url"] = rd.url
+            found["redis_url"] = f"the embedded Valkey `sn dev` started (SN_REDIS_URL unset; {data_dir / 'redis'})"
             log.info("embedded Redis at %s (data in %s)", rd.url, data_dir / "redis")
         if not settings.jwt_secret:
             changes["jwt_secret"] = _dev_secret(data_dir)
-        yield with_overrides(settings, **changes)
+        resolved = with_overrides(settings, **changes)
+        assert resolved.database_url is not None
+        assert resolved.redis_url is not None
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        written = write_dev_servers(
+            data_dir,
+            database_url=resolved.database_url,
+            redis_url=resolved.redis_url,
+            http_url=f"http://{host}:{settings.port}",
+        )
+        stack.callback(remove_dev_servers, data_dir)
+        log.info("dev servers' URLs in %s (sn seed, sn admin-token … read them)", written)
+        yield resolved
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -122,14 +141,15 @@ def _check_port_free(host: str, port: int) -> None:
             raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}); set SN_PORT to a free port") from exc
 
 
-def _dev(settings: Settings) -> None:
-    from sn import logs
+def _dev(settings: Settings, found: dict[str, str]) -> None:
+    from sn import connections, logs
     from sn.storage.migrations import migrate
 
     logs.configure(settings)
     _check_port_free(settings.host, settings.port)
-    with embedded_services(settings) as resolved:
+    with embedded_services(settings, found) as resolved:
         assert resolved.database_url is not None
+        asyncio.run(connections.check(resolved, found, ("database_url", "redis_url")))
         applied = asyncio.run(migrate(resolved.database_url))
         log.info("migrations: %d applied", len(applied))
         _publish(resolved)
@@ -161,10 +181,7 @@ def _admin_token(settings: Settings, user_id: str, ttl: int) -> None:
     if not secret and dev_secret.is_file():
         secret = dev_secret.read_text().strip()  # the secret `sn dev` generated for this checkout
     signer = TokenService(with_overrides(settings, jwt_secret=secret).require_secret(), settings.jwt_ttl_seconds)
-    database_url = settings.database_url
-    dev_database = data_dir / DEV_DATABASE_URL_FILE
-    if not database_url and dev_database.is_file():
-        database_url = dev_database.read_text().strip()  # the embedded server of a running `sn dev`
+    database_url = settings.database_url  # (or the running `sn dev`'s: see main)
     if not database_url:
         raise SettingsError("SN_DATABASE_URL is not set: an admin token is only issued for an existing user")
     # The server refuses tokens whose subject is no user: a token for one would be useless.
@@ -181,6 +198,10 @@ async def _user_exists(database_url: str, user_id: int) -> bool:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
     finally:
         await conn.close()
+
+
+# Commands that connect to the databases and may use the running `sn dev`'s (connections.py).
+_USES_DEV_SERVERS = ("migrate", "seed", "admin-token", "cluster", "hot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,13 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sn import connections
+
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(dev_mode=args.command == "dev")
+        found = connections.origins()
+        if args.command in _USES_DEV_SERVERS:
+            # Unset URLs: the databases of the `sn dev` running in this checkout, if there is one.
+            settings = connections.with_dev_servers(settings, found)
+            needed = ("database_url",) if args.command != "seed" else ("database_url", "redis_url")
+            asyncio.run(connections.check(settings, found, needed))
+        if args.command == "ws-client" and args.base_url is None:
+            dev = connections.running_dev_servers(Path(settings.data_dir))
+            args.base_url = dev.http_url if dev is not None else f"http://localhost:{settings.port}"
         if args.command == "serve":
             _serve(settings)
         elif args.command == "dev":
-            _dev(settings)
+            _dev(settings, found)
         elif args.command == "migrate":
             _migrate(settings)
         elif args.command == "seed":
@@ -236,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"sn: configuration error: {exc}", file=sys.stderr)
         return 2
+    except connections.ConnectionFailed as exc:
+        print(f"sn: {exc}", file=sys.stderr)
+        return 1
     except (OSError, RuntimeError) as exc:
         # EmbeddedServerError is a RuntimeError; OSError covers ports and unreachable servers.
         print(f"sn: {type(exc).__name__}: {exc}", file=sys.stderr)

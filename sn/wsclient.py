@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed: /ws/{user_id} (frames wrap the post in data); otus: /post/feed/posted (the AsyncAPI Post"
         " message, postId/postText at the top level)",
     )
-    parser.add_argument("--base-url", default="http://localhost:9000", help="the server's HTTP base URL")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help="the server's HTTP base URL (default: the `sn dev` running in this checkout, else http://localhost:SN_PORT)",
+    )
     parser.add_argument("--clients", type=int, default=5, help="multi: users, all following each other")
     parser.add_argument("--duration", type=float, default=30.0, help="multi: seconds of posting")
     parser.add_argument("--interval", type=float, default=0.2, help="multi: mean seconds between posts")

@@ -87,6 +87,11 @@ def test_env_example_documents_every_setting(repo_root: Path) -> None:
 
 def test_env_example_parses(repo_root: Path) -> None:
     settings = load_settings({}, dotenv=repo_root / ".env.example")
-    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/sn"
+    # Safe to copy to .env: the connection URLs stay unset (so `make run` keeps its embedded
+    # servers), and every other value is the default.
+    assert settings.database_url is None
+    assert settings.redis_url is None
+    assert settings == load_settings({}, dotenv=None)
+    assert "# SN_DATABASE_URL=postgresql://" in (repo_root / ".env.example").read_text()
     assert settings.amqp_url is None
     assert settings.cors_origins == ("*",)
