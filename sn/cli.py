@@ -239,7 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = connections.origins()
         if args.command in _USES_DEV_SERVERS:
             # Unset URLs: the databases of the `sn dev` running in this checkout, if there is one.
+            before = settings
             settings = connections.with_dev_servers(settings, found)
+            taken = [connections.NAMES[f][0] for f in connections.NAMES if getattr(before, f) != getattr(settings, f)]
+            if taken:
+                source = found["database_url" if "SN_DATABASE_URL" in taken else "redis_url"]
+                print(f"sn: {' and '.join(taken)} unset: using {source}", file=sys.stderr)
             needed = ("database_url",) if args.command != "seed" else ("database_url", "redis_url")
             asyncio.run(connections.check(settings, found, needed))
         if args.command == "ws-client" and args.base_url is None:
