@@ -30,10 +30,6 @@ def _serve(settings: Settings) -> None:
     if not settings.database_url or not settings.redis_url:
         raise SettingsError("SN_DATABASE_URL and SN_REDIS_URL must be set for `sn serve` (or run `sn dev`)")
     logs.configure(settings)
-    if not settings.dev_mode:  # (`sn dev` checked them already)
-        from sn import connections
-
-        asyncio.run(connections.check(settings, connections.origins(), ("database_url", "redis_url")))
     _prepare_metrics_dir(settings)
     loader = AppLoader(factory=create_app)
     app = loader.load()

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -139,6 +139,36 @@ def _failure(field: str, url: str, origin: str, exc: BaseException) -> Connectio
         f"cannot connect to {_WHAT[field]} at {masked(url)}: {detail}\n"
         f"  the URL is {origin}; fix or unset it"
         + (" (under `sn dev`, unset means embedded servers)" if "embedded" not in origin else "")
+    )
+
+
+@contextlib.contextmanager
+def startup_connection(field: str, url: str) -> Iterator[None]:
+    """Around a worker's first use of a server: a failure to reach it becomes ConnectionFailed,
+    naming the setting and where its value came from (the worker reads the same environment and
+    .env as the command that started it)."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ConnectionFailed) or not _unreachable(exc):
+            raise
+        raise _failure(field, url, origins().get(field, f"{NAMES[field][0]} (default)"), exc) from exc
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import asyncpg
+    import redis.exceptions
+
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InvalidAuthorizationSpecificationError
+        | asyncpg.exceptions.InvalidPasswordError
+        | asyncpg.exceptions.InvalidCatalogNameError
+        | redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError,
     )
 
 

@@ -25,6 +25,7 @@ from sn.actors.recovery import RedisRecovery
 from sn.actors.router import StreamRouter
 from sn.actors.service import SupervisedLoop, exit_worker
 from sn.auth import PasswordService, TokenService
+from sn.connections import startup_connection
 from sn.feed import FeedService
 from sn.ids import IdGenerator
 from sn.pipeline.bus import FeedBus
@@ -109,9 +110,13 @@ class Services:
         )
         # The request path's hot reads share one pipelined connection per worker (see redis_mux).
         mux = MuxRedis(settings.redis_url, timeout=10, connect_timeout=5)
-        pool = await create_pool(settings, settings.database_url)
+        # A server that does not answer: the error names the setting and where its value came
+        # from (sn/connections.py), not just "ConnectionRefusedError … 9299".
+        with startup_connection("database_url", settings.database_url):
+            pool = await create_pool(settings, settings.database_url)
         lease = GeneratorLease(redis)
-        generator_id = await lease.acquire()
+        with startup_connection("redis_url", settings.redis_url):
+            generator_id = await lease.acquire()
         ids = IdGenerator(generator_id)
         lease.on_change = ids.rebind
         outbox = Outbox(ids.next_id)
