@@ -15,12 +15,11 @@ Two kinds of crash, told apart by the exception:
   without it) that gives up ends the worker (``on_give_up``), so the process manager starts a
   fresh one: never a worker that answers /ready 200 while it delivers nothing.
 
-/ready (503, naming the loop) and the ``sn_loop_failing`` metric report a loop that gave up, one
+/ready (503, naming the loop) and the ``sn_loop_failing`` metric report a loop that gave up and one
 that crashed ``STRUGGLING_CRASHES`` times within ``STRUGGLING_WINDOW`` seconds and again within the
-last ``RECENT_SECONDS``, and one waiting for a dependency (in its backoff after an outage, or restarted
-from it less than ``OUTAGE_RECENT_SECONDS`` ago). So a worker is ready again a few seconds after an outage ends,
-not for the whole window: every worker of every pod saw the same outage, and keeping them all out
-of the load balancer for half a minute after it would extend it.
+last ``RECENT_SECONDS``. One waiting for a dependency (in its backoff after an outage, or restarted
+from it less than ``OUTAGE_RECENT_SECONDS`` ago) is listed by /ready without failing it: every worker
+of every pod sees the same outage, and keeping them all out of the load balancer would extend it.
 """
 
 from __future__ import annotations
@@ -49,6 +48,8 @@ RECENT_SECONDS = 10.0
 OUTAGE_RECENT_SECONDS = 1.0
 # A worker ending itself stops gracefully (sockets get 1001); past this it exits outright.
 EXIT_GRACE_SECONDS = 15.0
+# How status() begins for a loop that only waits out an outage (/ready reports it, still 200).
+WAITING_FOR_A_DEPENDENCY = "waiting for a dependency"
 
 # "The dependency is not answering": OSError covers ConnectionError and TimeoutError (asyncio's
 # too); aio-pika's connection errors derive from ConnectionError.
@@ -167,7 +168,7 @@ class SupervisedLoop:
         if self.failed:
             return f"failed: {self.last_error}"
         if time.monotonic() < self._waiting_until:
-            return f"waiting for a dependency: {self.last_error}"
+            return f"{WAITING_FOR_A_DEPENDENCY}: {self.last_error}"
         if self.struggling:
             return f"crashing: {self.last_error}"
         return "ok"

@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 
 from sanic import Blueprint, HTTPResponse, Request
 
+from sn.actors.service import WAITING_FOR_A_DEPENDENCY
 from sn.api.common import json_response, services
 from sn.models import Readiness
 
@@ -39,12 +40,19 @@ async def ready(request: Request) -> HTTPResponse:
             _check("redis", app.redis.ping()),
         )
     )
-    # A worker whose loop keeps crashing (or gave up) may answer HTTP but deliver nothing.
+    # A worker whose loop keeps crashing (or gave up) may answer HTTP but deliver nothing: that
+    # is this worker's fault, and the balancer should send its clients elsewhere. A loop that
+    # only waits out a dependency's outage (RabbitMQ down: posts commit to the outbox and go
+    # out when it returns) is reported but does not fail the check: every worker waits alike,
+    # and marking them all unready would turn a delay into an outage behind the balancer.
+    waiting: list[str] = []
     for loop in app.loops:
         if (status := loop.status()) != "ok":
             checks[f"loop:{loop.name}"] = status
+            if status.startswith(WAITING_FOR_A_DEPENDENCY):
+                waiting.append(f"loop:{loop.name}")
     if request.app.ctx.draining:
         checks["server"] = "draining"
-    ok = all(value == "ok" for value in checks.values())
-    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    ok = all(value == "ok" for name, value in checks.items() if name not in waiting)
+    body = Readiness(status=("degraded" if waiting else "ok") if ok else "unavailable", checks=checks)
     return json_response(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})

@@ -90,6 +90,11 @@ async def test_rabbitmq_cut_and_restored_post_still_arrives(
             post_id = post(rclient, author, "written while the broker is away")  # committed: 200
             await asyncio.sleep(1.0)
             assert rclient.get("/stats").json()["feed_processor"]["outbox_pending"] >= 1
+            # Every worker waits out the outage alike: /ready lists the waiting loops but stays 200,
+            # so a balancer does not take every node out while posts commit and reads are served.
+            readies = [rclient.get("/ready") for _ in range(8)]  # both workers answer
+            assert all(r.status_code == 200 for r in readies), [r.text for r in readies]
+            assert all(r.json()["status"] in ("ok", "degraded") for r in readies)
         finally:
             amqp_proxy.restore()
         event = await recv_type(ws, "post_created", timeout=30)
