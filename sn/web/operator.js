@@ -113,7 +113,8 @@ export function operatorView(main) {
   const clusterRefresh = h("button", { type: "button", text: "Refresh" });
   cluster.append(clusterRefresh, clusterBody);
 
-  const content = h("div", { class: "operator" }, connections, fanouts, settingsForm, cluster);
+  // The fan-outs first: during a celebrity post they are what the operator came to watch.
+  const content = h("div", { class: "operator" }, fanouts, connections, settingsForm, cluster);
   main.append(h("h1", { text: "Operator" }), tokenForm, status, content);
 
   let stopped = false;
