@@ -63,12 +63,16 @@ compose-down:
 
 ## The topology as local processes, no Docker: Citus (scripts/citus-local.sh; plain PostgreSQL when the citus
 ## extension is missing), Redis, RabbitMQ, two app nodes behind HAProxy on http://127.0.0.1:9080. See scripts/topology.sh.
-.PHONY: topology-up topology-down
+.PHONY: topology-up topology-down topology-bench
 topology-up: $(STAMP)
 	bash scripts/topology.sh up
 
 topology-down:
 	bash scripts/topology.sh down
+
+## The scenario on that topology (seed, read mix, 10k sockets, celebrity, live promotion, node loss); <= 10 minutes.
+topology-bench: $(STAMP)
+	bash bench/topology_run.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
