@@ -193,6 +193,7 @@ class Deployment:
     lb: str = ""
     node_a: str = ""
     node_b: str = ""
+    admin_user: int = 0  # tokens name an existing user (the server checks subjects), admin or not
 
     def __post_init__(self) -> None:
         self.secret = self.env["SN_JWT_SECRET"]
@@ -209,7 +210,7 @@ class Deployment:
 
     @property
     def admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token(self.secret, 1, admin=True)}"}
+        return {"Authorization": f"Bearer {token(self.secret, self.admin_user, admin=True)}"}
 
 
 @dataclass
@@ -937,6 +938,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         deps["plain"] = Deployment("plain", read_env(Path(args.plain_env)))
     citus = deps["citus"]
     graph = await load_graph(citus.db, args.threshold, args.online)
+    citus.admin_user = graph.celebrity
     say(
         f"graph: celebrity {graph.celebrity} ({graph.celebrity_followers} followers); rising user {graph.rising} "
         f"({graph.rising_followers} followers, threshold {args.threshold}); {len(graph.over_threshold)} user(s) over "
