@@ -738,6 +738,10 @@ def test_haproxy_config_matches_the_k8s_design() -> None:
     ingress = yaml.safe_load((K8S / "base" / "ingress.yaml").read_text())
     read_timeout = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
     assert f"timeout tunnel {read_timeout}s" in lines
+    app = next(d for d in yaml.safe_load_all((K8S / "base" / "app.yaml").read_text()) if d["kind"] == "Deployment")
+    probe = app["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/ready"
+    assert f"timeout check {probe['timeoutSeconds']}s" in lines
     config = read_dotenv(K8S / "base" / "sn-config.env")
     assert config["SN_PROXIES_COUNT"] == "1"
     assert "SN_PROXIES_COUNT=${SN_PROXIES_COUNT:-1}" in (ROOT / "scripts" / "topology.sh").read_text()
