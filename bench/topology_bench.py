@@ -360,7 +360,12 @@ async def warm(dep: Deployment, readers: Sequence[int], profiles: Sequence[int])
 
         async def one(path: str, headers: dict[str, str] | None = None) -> None:
             async with gate:
-                response = await http.get(path, headers=headers)
+                # A 503 is the balancer with no node passing /ready for a moment (a busy machine): retried.
+                for _ in range(20):
+                    response = await http.get(path, headers=headers)
+                    if response.status_code != 503:
+                        break
+                    await asyncio.sleep(0.5)
                 if response.status_code != 200:
                     raise BenchError(f"warm-up {path}: {response.status_code} {response.text[:200]}")
 
