@@ -7,7 +7,7 @@ from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from sn.api.common import current_admin, json_response, path_id, services
+from sn.api.common import Param, RouteDoc, current_admin, doc, id_param, json_response, path_id, services
 from sn.errors import BadRequest, Conflict, NotFound
 from sn.storage import cluster
 
@@ -19,6 +19,11 @@ _running: set[asyncio.Task[cluster.HotChange | None]] = set()
 
 
 @bp.get("/admin/cluster/status")
+@doc(
+    RouteDoc(
+        "Citus cluster: nodes, shards, hot users, moves in progress", dict[str, Any], errors=(401, 403), auth="admin"
+    )
+)
 async def cluster_status(request: Request) -> HTTPResponse:
     current_admin(request)
     app = services(request)
@@ -38,6 +43,19 @@ async def _change(database_url: str, user_id: int, action: str) -> cluster.HotCh
 
 
 @bp.post("/admin/hot-users/<user_id:str>")
+@doc(
+    RouteDoc(
+        "Promote (or demote) a hot user: its own shard",
+        dict[str, Any],
+        params=(
+            id_param("user_id"),
+            Param("action", "query", {"type": "string", "enum": ["promote", "demote"], "default": "promote"}),
+        ),
+        errors=(400, 401, 403, 404, 409),
+        auth="admin",
+        responses=((202, "Still running: follow it in /admin/cluster/status"),),
+    )
+)
 async def hot_user(request: Request, user_id: str) -> HTTPResponse:
     """Promote (default) or, with `?action=demote`, demote a user.
 

@@ -1,10 +1,13 @@
-"""What every handler needs: body decoding, auth, path/query parsing, JSON responses."""
+"""What every handler needs: body decoding, auth, path/query parsing, JSON responses, and the
+route documentation (`doc`) that /docs/openapi.json is built from."""
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 from sanic import HTTPResponse, Request
@@ -12,6 +15,9 @@ from sanic import HTTPResponse, Request
 from sn.context import Services
 from sn.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from sn.ids import parse_id
+
+if TYPE_CHECKING:
+    from sn.settings import Settings
 
 T = TypeVar("T")
 
@@ -197,3 +203,69 @@ async def enforce_rate_limit(request: Request, bucket: str, subject: str, limit:
             f"rate limit exceeded for {bucket}: retry in {verdict.retry_after} s",
             headers={"Retry-After": str(verdict.retry_after)},
         )
+
+
+# --- Route documentation: recorded where each route is registered, read by sn.api.openapi ---
+
+Auth = Literal["none", "optional", "user", "admin", "monitoring"]
+# Constraints the helpers above enforce, as JSON Schema (so the document promises what is accepted).
+NO_NUL = r"^[^\x00]*$"
+# One character that str.strip() keeps: Python's whitespace spelled out, since a schema's regex
+# follows ECMA-262, whose \s differs (it leaves out \x1c-\x1f and \x85).
+SPACE = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[^\x00]*[^{SPACE}][^\x00]*$"
+# parse_id: a positive 63-bit integer; 18 digits keep every match below 2**63 without a range check.
+ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[1-9][0-9]{0,17}$", "examples": ["88284721356554240"]}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["path", "query", "header"]
+    schema: dict[str, Any]
+    required: bool = False
+    description: str = ""
+
+
+def id_param(name: str, where: Literal["path", "query"] = "path", description: str = "") -> Param:
+    return Param(name, where, ID_SCHEMA, required=where == "path", description=description)
+
+
+def int_param(name: str, *, default: int, minimum: int, maximum: int) -> Param:
+    return Param(name, "query", {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default})
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    """What /docs/openapi.json says about one handler (sn.api.openapi walks the router for these)."""
+
+    summary: str
+    response: Any = None  # the msgspec type of a 200 JSON body; None with content_type for other bodies
+    body: Any = None  # the msgspec Struct the handler decodes
+    # Per body field, JSON Schema the handler's own checks add (blank text, limits from settings).
+    body_fields: Callable[[Settings], dict[str, dict[str, Any]]] | None = None
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = (400,)
+    auth: Auth = "none"
+    content_type: str = JSON
+    responses: tuple[tuple[int, str], ...] = ()  # other statuses: (status, description)
+    websocket: bool = False
+    description: str = ""
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def doc(route_doc: RouteDoc) -> Callable[[H], H]:
+    """Attach the route's documentation to its handler (put it under the @bp.get/post decorator)."""
+
+    def attach(handler: H) -> H:
+        handler.__dict__["openapi_doc"] = route_doc
+        return handler
+
+    return attach
+
+
+def route_doc(handler: Callable[..., Any]) -> RouteDoc | None:
+    found: RouteDoc | None = getattr(handler, "openapi_doc", None)
+    return found

@@ -5,9 +5,14 @@ from __future__ import annotations
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import (
+    NOT_BLANK,
+    RouteDoc,
     current_user,
     decode_body,
+    doc,
     enforce_rate_limit,
+    id_param,
+    int_param,
     json_response,
     path_id,
     query_id,
@@ -32,6 +37,19 @@ async def _peer(request: Request, raw: str) -> tuple[int, int]:
 
 
 @bp.post("/dialog/<user_id:str>/send")
+@doc(
+    RouteDoc(
+        "Send a message",
+        Message,
+        DialogSendRequest,
+        body_fields=lambda settings: {
+            "text": {"type": "string", "minLength": 1, "maxLength": settings.dialog_max_chars, "pattern": NOT_BLANK}
+        },
+        params=(id_param("user_id"),),
+        errors=(400, 401, 404, 429),
+        auth="user",
+    )
+)
 async def send(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, peer = await _peer(request, user_id)
@@ -43,6 +61,20 @@ async def send(request: Request, user_id: str) -> HTTPResponse:
 
 
 @bp.get("/dialog/<user_id:str>/list")
+@doc(
+    RouteDoc(
+        "A dialog, oldest first",
+        list[DialogMessage],
+        params=(
+            id_param("user_id"),
+            int_param("offset", default=0, minimum=0, maximum=1_000_000),
+            int_param("limit", default=100, minimum=1, maximum=1000),
+            id_param("after", "query", "The last message id of the previous page"),
+        ),
+        errors=(400, 401, 404),
+        auth="user",
+    )
+)
 async def list_messages(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, peer = await _peer(request, user_id)

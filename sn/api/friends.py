@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from sn.api.common import current_user, json_response, path_id, services
+from sn.api.common import RouteDoc, current_user, doc, id_param, json_response, path_id, services
 from sn.errors import BadRequest, NotFound
 from sn.models import Message
 
 bp = Blueprint("friends")
+
+
+def _doc(summary: str) -> RouteDoc:
+    # 400 also for your own id; 404: no such user.
+    return RouteDoc(summary, Message, params=(id_param("user_id"),), errors=(400, 401, 404), auth="user")
 
 
 async def _target(request: Request, raw: str) -> tuple[int, int]:
@@ -22,6 +27,7 @@ async def _target(request: Request, raw: str) -> tuple[int, int]:
 
 
 @bp.put("/friend/set/<user_id:str>")
+@doc(_doc("Follow a user"))
 async def set_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)
@@ -32,6 +38,7 @@ async def set_friend(request: Request, user_id: str) -> HTTPResponse:
 
 
 @bp.put("/friend/delete/<user_id:str>")
+@doc(_doc("Unfollow a user"))
 async def delete_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)

@@ -8,8 +8,8 @@ from collections.abc import Awaitable
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.actors.service import WAITING_FOR_A_DEPENDENCY
-from sn.api.common import json_response, services
-from sn.models import Readiness
+from sn.api.common import RouteDoc, doc, json_response, services
+from sn.models import Health, Readiness
 
 bp = Blueprint("health")
 
@@ -17,6 +17,7 @@ _HEALTHY = b'{"status":"ok"}'
 
 
 @bp.get("/health")
+@doc(RouteDoc("Liveness: the worker answers", Health, errors=()))
 async def health(request: Request) -> HTTPResponse:
     # Liveness only: the process answers. Dependencies are /ready's business, so a database
     # outage does not make an orchestrator restart every healthy pod.
@@ -32,6 +33,14 @@ async def _check(name: str, probe: Awaitable[object]) -> tuple[str, str]:
 
 
 @bp.get("/ready")
+@doc(
+    RouteDoc(
+        "Readiness: PostgreSQL and Redis answer, no supervised loop failing, not draining",
+        Readiness,
+        errors=(),
+        responses=((503, "Not ready: the failing checks (the same body), with Retry-After"),),
+    )
+)
 async def ready(request: Request) -> HTTPResponse:
     app = services(request)
     checks = dict(

@@ -11,7 +11,7 @@ from sn.actors.fanout import CELEB_RECENT, CELEB_RUNNING, CELEB_STATS
 from sn.actors.hub import cluster_stats
 from sn.actors.live_settings import CelebritySettings
 from sn.actors.messages import Event, event_to_json
-from sn.api.common import current_admin, decode_body, json_response, path_id, services
+from sn.api.common import ID_SCHEMA, NO_NUL, RouteDoc, current_admin, decode_body, doc, json_response, path_id, services
 from sn.errors import NotFound
 from sn.metrics import render
 
@@ -53,6 +53,14 @@ class TestPostRequest(msgspec.Struct):
 
 
 @bp.get("/stats")
+@doc(
+    RouteDoc(
+        "Cluster statistics: WebSocket, feed processor, celebrity handler, workers",
+        dict[str, Any],
+        errors=(401, 403),
+        auth="monitoring",
+    )
+)
 async def stats(request: Request) -> HTTPResponse:
     _require_monitoring_access(request)
     app = services(request)
@@ -91,6 +99,14 @@ async def stats(request: Request) -> HTTPResponse:
 
 
 @bp.get("/celebrity-stats")
+@doc(
+    RouteDoc(
+        "Celebrity fan-out: settings, celebrities, batches in progress and recent",
+        dict[str, Any],
+        errors=(401, 403),
+        auth="monitoring",
+    )
+)
 async def celebrity_stats(request: Request) -> HTTPResponse:
     _require_monitoring_access(request)
     app = services(request)
@@ -113,6 +129,15 @@ async def celebrity_stats(request: Request) -> HTTPResponse:
 
 
 @bp.post("/celebrity-settings")
+@doc(
+    RouteDoc(
+        "Change the celebrity fan-out settings (every worker within a second)",
+        dict[str, Any],
+        CelebritySettingsRequest,
+        errors=(400, 401, 403),
+        auth="admin",
+    )
+)
 async def celebrity_settings(request: Request) -> HTTPResponse:
     app = services(request)
     current_admin(request)
@@ -128,6 +153,20 @@ async def celebrity_settings(request: Request) -> HTTPResponse:
 
 
 @bp.post("/test-post")
+@doc(
+    RouteDoc(
+        "Deliver a synthetic post event to the author's online followers",
+        dict[str, Any],
+        TestPostRequest,
+        body_fields=lambda _settings: {
+            "author_user_id": ID_SCHEMA,
+            "post_id": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_NUL},
+            "post_text": {"type": "string", "maxLength": 10_000, "pattern": NO_NUL},
+        },
+        errors=(400, 401, 403, 404),
+        auth="admin",
+    )
+)
 async def test_post(request: Request) -> HTTPResponse:
     app = services(request)
     current_admin(request)
@@ -146,6 +185,9 @@ async def test_post(request: Request) -> HTTPResponse:
 
 
 @bp.get("/metrics")
+@doc(
+    RouteDoc("Prometheus metrics of this worker", str, errors=(401, 403), auth="monitoring", content_type="text/plain")
+)
 async def prometheus(request: Request) -> HTTPResponse:
     _require_monitoring_access(request)
     return HTTPResponse(render(), content_type="text/plain; version=0.0.4; charset=utf-8")

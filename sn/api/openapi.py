@@ -1,237 +1,165 @@
-"""The OpenAPI document, generated from the msgspec models the handlers decode and encode."""
+"""GET /docs/openapi.json: built at startup by walking the app's router.
+
+Each handler carries its `RouteDoc` (sn.api.common.doc, next to where the route is registered);
+the JSON Schemas come from the msgspec types the handlers decode and encode, narrowed by the
+checks the handlers add (blank text, limits from settings, id syntax), so that every request the
+document allows is one the server accepts. A registered route without a RouteDoc stops the start:
+the document cannot drift from the routes again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cache
+import copy
+import re
 from typing import Any
 
 import msgspec
-from sanic import Blueprint, HTTPResponse, Request
+from sanic import Blueprint, HTTPResponse, Request, Sanic
 
-from sn.api.common import raw_json_response
-from sn.models import (
-    DialogMessage,
-    DialogSendRequest,
-    Health,
-    LoginRequest,
-    LoginResponse,
-    Message,
-    Post,
-    PostCreateRequest,
-    PostUpdateRequest,
-    Readiness,
-    RegisterRequest,
-    RegisterResponse,
-    ServerError,
-    User,
-)
+from sn.api.common import NO_NUL, RouteDoc, doc, raw_json_response, route_doc
+from sn.models import Message, ServerError
+from sn.settings import Settings
 
 bp = Blueprint("openapi")
 
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str
-    summary: str
-    response: Any
-    request: Any = None
-    auth: bool = False
-    optional_auth: bool = False
-    params: tuple[tuple[str, str, str], ...] = ()  # (name, in, type)
-    errors: tuple[int, ...] = field(default=(400,))
+PATH = "/docs/openapi.json"
+_REF = "#/components/schemas/{name}"
+_PLACEHOLDER = re.compile(r"<([^:>]+)(?::[^>]*)?>")
+_AUTH_ERRORS = {"user": (401,), "optional": (401,), "admin": (401, 403), "monitoring": (401, 403)}
 
 
-_PAGING = (("offset", "query", "integer"), ("limit", "query", "integer"))
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation("post", "/user/register", "Register a user", RegisterResponse, RegisterRequest, errors=(400, 409, 429)),
-    Operation("post", "/login", "Log in: a bearer token", LoginResponse, LoginRequest, errors=(400, 404, 429)),
-    Operation("post", "/user/login", "Log in (seed's path)", LoginResponse, LoginRequest, errors=(400, 404, 429)),
-    Operation(
-        "get",
-        "/user/get/{id}",
-        "A user's profile",
-        User,
-        optional_auth=True,
-        params=(("id", "path", "string"),),
-        errors=(400, 401, 404),
-    ),
-    Operation(
-        "get",
-        "/user/search",
-        "Prefix search by first and last name",
-        list[User],
-        optional_auth=True,
-        params=(
-            ("first_name", "query", "string"),
-            ("last_name", "query", "string"),
-            ("limit", "query", "integer"),
-            ("after", "query", "string"),
-        ),
-    ),
-    Operation(
-        "put",
-        "/friend/set/{user_id}",
-        "Follow a user",
-        Message,
-        auth=True,
-        params=(("user_id", "path", "string"),),
-        errors=(400, 401, 404),
-    ),
-    Operation(
-        "put",
-        "/friend/delete/{user_id}",
-        "Unfollow a user",
-        Message,
-        auth=True,
-        params=(("user_id", "path", "string"),),
-        errors=(400, 401, 404),
-    ),
-    Operation(
-        "post",
-        "/post/create",
-        "Create a post: its id",
-        str,
-        PostCreateRequest,
-        auth=True,
-        errors=(400, 401, 429),
-    ),
-    Operation(
-        "put",
-        "/post/update",
-        "Edit a post",
-        Message,
-        PostUpdateRequest,
-        auth=True,
-        errors=(400, 401, 403, 404),
-    ),
-    Operation(
-        "put",
-        "/post/delete/{id}",
-        "Delete a post",
-        Message,
-        auth=True,
-        params=(("id", "path", "string"),),
-        errors=(400, 401, 403, 404),
-    ),
-    Operation(
-        "get",
-        "/post/get/{id}",
-        "A post",
-        Post,
-        optional_auth=True,
-        params=(("id", "path", "string"),),
-        errors=(400, 401, 404),
-    ),
-    Operation(
-        "get",
-        "/post/feed",
-        "Posts of followed users, newest first",
-        list[Post],
-        auth=True,
-        params=(*_PAGING, ("before", "query", "string")),
-        errors=(400, 401),
-    ),
-    Operation(
-        "get",
-        "/user/{user_id}/posts",
-        "One user's posts, newest first",
-        list[Post],
-        optional_auth=True,
-        params=(("user_id", "path", "string"), ("limit", "query", "integer"), ("before", "query", "string")),
-        errors=(400, 401, 404),
-    ),
-    Operation(
-        "post",
-        "/dialog/{user_id}/send",
-        "Send a message",
-        Message,
-        DialogSendRequest,
-        auth=True,
-        params=(("user_id", "path", "string"),),
-        errors=(400, 401, 404, 429),
-    ),
-    Operation(
-        "get",
-        "/dialog/{user_id}/list",
-        "A dialog, oldest first",
-        list[DialogMessage],
-        auth=True,
-        params=(("user_id", "path", "string"), *_PAGING, ("after", "query", "string")),
-        errors=(400, 401, 404),
-    ),
-    Operation("get", "/health", "Liveness", Health, errors=()),
-    Operation("get", "/ready", "Readiness: PostgreSQL and Redis answer", Readiness, errors=()),
-)
+def registered(app: Sanic[Any, Any]) -> list[tuple[str, str, Any]]:
+    """(Sanic path, method, handler) of every route, sorted: what the document must cover."""
+    found = []
+    for route in app.router.routes:
+        path = "/" + route.path.lstrip("/")
+        for method in route.methods:
+            found.append((path, method.lower(), route.handler))
+    return sorted(found, key=lambda item: (item[0], item[1]))
 
 
-def _schema_refs() -> tuple[dict[str, Any], dict[str, Any]]:
-    """One schema per Operation type, plus the shared components they reference."""
+def _openapi_path(sanic_path: str, route: RouteDoc) -> str:
+    """`/user/get/<user_id:str>` -> `/user/get/{id}`: the documented names, in order (the OTUS spec's)."""
+    names = iter(p.name for p in route.params if p.where == "path")
+    return _PLACEHOLDER.sub(lambda _m: "{" + next(names) + "}", sanic_path)
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """decode_body refuses NUL in any string (PostgreSQL text cannot hold it): say so in the schema."""
+    if schema.get("type") == "string" and "pattern" not in schema and "format" not in schema:
+        schema["pattern"] = NO_NUL
+    for key in ("properties", "$defs"):
+        for sub in schema.get(key, {}).values():
+            _no_nul(sub)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key, []):
+            _no_nul(sub)
+    if isinstance(schema.get("items"), dict):
+        _no_nul(schema["items"])
+
+
+def _security(auth: str, settings: Settings) -> list[dict[str, list[str]]] | None:
+    if auth == "monitoring":
+        return None if settings.monitoring_access == "open" else [{"bearerAuth": []}]
+    if auth in ("user", "admin"):
+        return [{"bearerAuth": []}]
+    if auth == "optional":
+        return [{}, {"bearerAuth": []}]
+    return None
+
+
+def build(app: Sanic[Any, Any], settings: Settings) -> dict[str, Any]:
+    routes = []
+    for sanic_path, method, handler in registered(app):
+        found = route_doc(handler)
+        if found is None:
+            raise RuntimeError(f"route {method.upper()} {sanic_path} has no RouteDoc (sn.api.common.doc)")
+        routes.append((_openapi_path(sanic_path, found), method, found))
+
     types: list[Any] = [Message, ServerError]
-    for op in OPERATIONS:
-        types.append(op.response)
-        if op.request is not None:
-            types.append(op.request)
-    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    return dict(zip(map(repr, types), schemas, strict=True)), components
+    for _path, _method, found in routes:
+        types.extend(t for t in (found.response, found.body) if t is not None)
+    schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+    by_type = dict(zip(map(repr, types), schemas, strict=True))
 
+    for _path, _method, found in routes:
+        if found.body is None:
+            continue
+        body = components[found.body.__name__]
+        if found.body_fields is not None:
+            for name, schema in found.body_fields(settings).items():
+                # Keep the model's description and default; the handler's checks replace the rest.
+                kept = {k: v for k, v in body["properties"][name].items() if k in ("description", "default")}
+                body["properties"][name] = {**copy.deepcopy(schema), **kept}
+        _no_nul(body)
 
-@cache
-def document() -> bytes:
-    by_type, components = _schema_refs()
-    error_ref = by_type[repr(Message)]
+    error = {"description": "The request was refused: the message says why", "content": _json(by_type[repr(Message)])}
     server_error = {
-        "description": "Server error",
-        "content": {"application/json": {"schema": by_type[repr(ServerError)]}},
+        "description": "Server error or a dependency is down (Retry-After when retrying helps)",
+        "content": _json(by_type[repr(ServerError)]),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     }
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        responses: dict[str, Any] = {
-            "200": {
-                "description": "OK",
-                "content": {"application/json": {"schema": by_type[repr(op.response)]}},
-            }
-        }
-        for status in op.errors:
-            responses[str(status)] = {
-                "description": "Error",
-                "content": {"application/json": {"schema": error_ref}},
-            }
+    for path, method, found in routes:
+        responses: dict[str, Any] = {}
+        if not found.websocket:
+            body_schema = by_type[repr(found.response)] if found.response is not None else {}
+            content = _json(body_schema) if found.content_type.startswith("application/json") else None
+            if content is None:
+                content = {found.content_type: {"schema": {"type": "string"}}}
+            responses["200"] = {"description": "OK", "content": content}
+        for status, description in found.responses:
+            responses[str(status)] = {"description": description}
+        for status in sorted({*found.errors, *_AUTH_ERRORS.get(found.auth, ())}):
+            if found.auth == "monitoring" and settings.monitoring_access == "open" and status in (401, 403):
+                continue
+            responses[str(status)] = error
         responses["5XX"] = server_error
-        entry: dict[str, Any] = {
-            "summary": op.summary,
-            "parameters": [
-                {"name": n, "in": where, "required": where == "path", "schema": {"type": t}}
-                for n, where, t in op.params
-            ],
-            "responses": responses,
-        }
-        if op.request is not None:
-            entry["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": by_type[repr(op.request)]}},
-            }
-        if op.auth:
-            entry["security"] = [{"bearerAuth": []}]
-        elif op.optional_auth:
-            entry["security"] = [{}, {"bearerAuth": []}]
-        paths.setdefault(op.path, {})[op.method] = entry
-    return msgspec.json.encode(
-        {
-            "openapi": "3.0.3",
-            "info": {"title": "sn: social network API (OTUS Highload Architect)", "version": "1.0.0"},
-            "paths": paths,
-            "components": {
-                "schemas": components,
-                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            },
-        }
-    )
+        entry: dict[str, Any] = {"summary": found.summary, "operationId": f"{method}_{path}", "responses": responses}
+        if found.description:
+            entry["description"] = found.description
+        if found.params:
+            entry["parameters"] = [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": p.required,
+                    "schema": p.schema,
+                    **({"description": p.description} if p.description else {}),
+                }
+                for p in found.params
+            ]
+        if found.body is not None:
+            entry["requestBody"] = {"required": True, "content": _json(by_type[repr(found.body)])}
+        security = _security(found.auth, settings)
+        if security is not None:
+            entry["security"] = security
+        if found.websocket:
+            entry["tags"] = ["websocket"]
+        paths.setdefault(path, {})[method] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sn: social network API (OTUS Highload Architect)", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
 
 
-@bp.get("/docs/openapi.json")
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+@bp.before_server_start
+async def build_document(app: Sanic[Any, Any]) -> None:
+    # Per worker, once: every route (blueprints included) is registered by now.
+    app.ctx.openapi_document = msgspec.json.encode(build(app, app.ctx.settings))
+
+
+@bp.get(PATH)
+@doc(RouteDoc("This document: every route, generated from the registered routes", dict[str, Any], errors=()))
 async def openapi(request: Request) -> HTTPResponse:
-    return raw_json_response(document())
+    document: bytes = request.app.ctx.openapi_document
+    return raw_json_response(document)

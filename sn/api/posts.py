@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import (
+    ID_SCHEMA,
+    NOT_BLANK,
+    RouteDoc,
     current_user,
     decode_body,
+    doc,
     enforce_rate_limit,
+    id_param,
+    int_param,
     json_response,
     optional_user,
     path_id,
@@ -19,9 +28,21 @@ from sn.api.common import (
 )
 from sn.errors import Forbidden, NotFound
 from sn.feed import to_wire
-from sn.models import Message, PostCreateRequest, PostUpdateRequest
+from sn.models import Message, Post, PostCreateRequest, PostUpdateRequest
+
+if TYPE_CHECKING:
+    from sn.settings import Settings
 
 bp = Blueprint("posts")
+
+
+def _text(limit: str) -> Callable[[Settings], dict[str, dict[str, Any]]]:
+    """text_field: not blank, at most the setting's number of characters."""
+
+    def fields(settings: Settings) -> dict[str, dict[str, Any]]:
+        return {"text": {"type": "string", "minLength": 1, "maxLength": getattr(settings, limit), "pattern": NOT_BLANK}}
+
+    return fields
 
 
 async def _owned_post_author(request: Request, post_id: int, me: int) -> int:
@@ -34,6 +55,16 @@ async def _owned_post_author(request: Request, post_id: int, me: int) -> int:
 
 
 @bp.post("/post/create")
+@doc(
+    RouteDoc(
+        "Create a post: its id (a JSON string)",
+        str,
+        PostCreateRequest,
+        body_fields=_text("post_max_chars"),
+        errors=(400, 401, 429),
+        auth="user",
+    )
+)
 async def create(request: Request) -> HTTPResponse:
     app = services(request)
     me = current_user(request)
@@ -48,6 +79,16 @@ async def create(request: Request) -> HTTPResponse:
 
 
 @bp.put("/post/update")
+@doc(
+    RouteDoc(
+        "Edit a post (its author only)",
+        Message,
+        PostUpdateRequest,
+        body_fields=lambda settings: {"id": ID_SCHEMA, **_text("post_max_chars")(settings)},
+        errors=(400, 401, 403, 404),
+        auth="user",
+    )
+)
 async def update(request: Request) -> HTTPResponse:
     app = services(request)
     me = current_user(request)
@@ -64,6 +105,11 @@ async def update(request: Request) -> HTTPResponse:
 
 
 @bp.put("/post/delete/<post_id:str>")
+@doc(
+    RouteDoc(
+        "Delete a post (its author only)", Message, params=(id_param("id"),), errors=(400, 401, 403, 404), auth="user"
+    )
+)
 async def delete(request: Request, post_id: str) -> HTTPResponse:
     app = services(request)
     me = current_user(request)
@@ -77,6 +123,7 @@ async def delete(request: Request, post_id: str) -> HTTPResponse:
 
 
 @bp.get("/post/get/<post_id:str>")
+@doc(RouteDoc("A post", Post, params=(id_param("id"),), errors=(400, 401, 404), auth="optional"))
 async def get(request: Request, post_id: str) -> HTTPResponse:
     app = services(request)
     optional_user(request)
@@ -94,6 +141,19 @@ async def get(request: Request, post_id: str) -> HTTPResponse:
 
 
 @bp.get("/post/feed")
+@doc(
+    RouteDoc(
+        "Posts of followed users, newest first",
+        list[Post],
+        params=(
+            int_param("offset", default=0, minimum=0, maximum=100_000),
+            int_param("limit", default=10, minimum=1, maximum=1000),
+            id_param("before", "query", "Only posts older than this post id"),
+        ),
+        errors=(400, 401),
+        auth="user",
+    )
+)
 async def feed(request: Request) -> HTTPResponse:
     app = services(request)
     me = current_user(request)

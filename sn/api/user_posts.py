@@ -8,13 +8,38 @@ from __future__ import annotations
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from sn.api.common import optional_user, path_id, query_id, query_int, raw_json_response, services
+from sn.api.common import (
+    RouteDoc,
+    doc,
+    id_param,
+    int_param,
+    optional_user,
+    path_id,
+    query_id,
+    query_int,
+    raw_json_response,
+    services,
+)
 from sn.errors import NotFound
+from sn.models import Post
 
 bp = Blueprint("user_posts")
 
 
 @bp.get("/user/<user_id:str>/posts")
+@doc(
+    RouteDoc(
+        "One user's posts, newest first",
+        list[Post],
+        params=(
+            id_param("user_id"),
+            int_param("limit", default=10, minimum=1, maximum=100),
+            id_param("before", "query", "Only posts older than this post id"),
+        ),
+        errors=(400, 401, 404),
+        auth="optional",
+    )
+)
 async def user_posts(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     optional_user(request)

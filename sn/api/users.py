@@ -7,9 +7,18 @@ import datetime as dt
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import (
+    ID_SCHEMA,
+    NO_NUL,
+    NOT_BLANK,
+    SPACE,
+    Param,
+    RouteDoc,
     client_ip,
     decode_body,
+    doc,
     enforce_rate_limit,
+    id_param,
+    int_param,
     json_response,
     optional_user,
     path_id,
@@ -19,7 +28,7 @@ from sn.api.common import (
     services,
 )
 from sn.errors import BadRequest, Conflict, NotFound
-from sn.models import LoginRequest, LoginResponse, RegisterRequest, RegisterResponse
+from sn.models import LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, User
 from sn.storage.users import EmailTaken, NewUser
 
 bp = Blueprint("users")
@@ -33,7 +42,36 @@ def _interests(value: list[str] | str) -> list[str] | None:
     return [item.strip() for item in items if item.strip()][:50] or None
 
 
+def _birthdate_pattern(today: dt.date) -> str:
+    """1900-01-01 up to the end of last year (days 01-28: every match is a real date)."""
+    last = today.year - 1
+    decades = "|".join(f"{d}" for d in range(190, last // 10))
+    years = f"(({decades})[0-9]|{last // 10}[0-{last % 10}])"
+    return f"^{years}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$"
+
+
+def _register_fields(_settings: object) -> dict[str, dict[str, object]]:
+    name = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": NOT_BLANK}
+    return {
+        "first_name": name,
+        "second_name": name,
+        "city": name,
+        "birthdate": {"type": "string", "pattern": _birthdate_pattern(dt.date.today()), "examples": ["1990-01-01"]},
+        "email": {"type": "string", "maxLength": 254, "pattern": rf"^[^@{SPACE}]+@[^@{SPACE}]+$"},
+    }
+
+
 @bp.post("/user/register")
+@doc(
+    RouteDoc(
+        "Register a user",
+        RegisterResponse,
+        RegisterRequest,
+        body_fields=_register_fields,
+        errors=(400, 409, 429),
+        description="409: the email is already registered.",
+    )
+)
 async def register(request: Request) -> HTTPResponse:
     app = services(request)
     await enforce_rate_limit(request, "auth", client_ip(request), app.settings.rate_limit_auth)
@@ -79,11 +117,20 @@ async def _login(request: Request) -> HTTPResponse:
     return json_response(LoginResponse(token=app.tokens.issue(user_id)))
 
 
+_login.__dict__["openapi_doc"] = RouteDoc(
+    "Log in: a bearer token",
+    LoginResponse,
+    LoginRequest,
+    body_fields=lambda _settings: {"id": ID_SCHEMA},
+    errors=(400, 404, 429),
+    description="404: no such user; 400: the password does not match.",
+)
 bp.add_route(_login, "/login", methods=["POST"], name="login")
 bp.add_route(_login, "/user/login", methods=["POST"], name="user_login")
 
 
 @bp.get("/user/get/<user_id:str>")
+@doc(RouteDoc("A user's profile", User, params=(id_param("id"),), errors=(400, 401, 404), auth="optional"))
 async def get_user(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     optional_user(request)
@@ -97,7 +144,24 @@ async def get_user(request: Request, user_id: str) -> HTTPResponse:
     return raw_json_response(await app.profiles.put(user))
 
 
+_SEARCH_NAME = {"type": "string", "maxLength": 100, "pattern": NO_NUL}
+
+
 @bp.get("/user/search")
+@doc(
+    RouteDoc(
+        "Prefix search by first and last name",
+        list[User],
+        params=(
+            Param("first_name", "query", _SEARCH_NAME, required=True, description="Prefix; empty matches every name"),
+            Param("last_name", "query", _SEARCH_NAME, required=True, description="Prefix; empty matches every name"),
+            int_param("limit", default=100, minimum=1, maximum=1000),
+            id_param("after", "query", "The last id of the previous page"),
+        ),
+        errors=(400, 401),
+        auth="optional",
+    )
+)
 async def search(request: Request) -> HTTPResponse:
     app = services(request)
     optional_user(request)

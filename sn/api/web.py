@@ -15,6 +15,7 @@ from importlib import resources
 
 from sanic import Blueprint, HTTPResponse, Request
 
+from sn.api.common import Param, RouteDoc
 from sn.errors import NotFound
 
 bp = Blueprint("web")
@@ -84,5 +85,17 @@ async def asset(request: Request, name: str) -> HTTPResponse:
     return _serve(request, name)
 
 
+index.__dict__["openapi_doc"] = RouteDoc(
+    "The web client's page", str, errors=(), content_type="text/html", responses=((304, "Not modified (ETag)"),)
+)
+asset.__dict__["openapi_doc"] = RouteDoc(
+    "One file of the web client (CSS, ES module, SVG)",
+    str,
+    # Only the packaged files exist: any other name is a 404.
+    params=(Param("name", "path", {"type": "string", "enum": sorted(set(assets()) - {INDEX})}, required=True),),
+    errors=(404,),
+    content_type="text/plain",
+    responses=((304, "Not modified (ETag)"),),
+)
 bp.add_route(index, "/", methods=["GET", "HEAD"], name="index")
 bp.add_route(asset, "/web/<name:str>", methods=["GET", "HEAD"], name="asset")

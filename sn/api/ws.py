@@ -18,7 +18,18 @@ from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
 from sn.actors.encoding import Dialect
 from sn.actors.hub import Hub
 from sn.actors.socket import SocketActor
-from sn.api.common import client_ip, enforce_rate_limit, path_id, record_access, services
+from sn.api.common import (
+    ID_SCHEMA,
+    Param,
+    RouteDoc,
+    client_ip,
+    doc,
+    enforce_rate_limit,
+    id_param,
+    path_id,
+    record_access,
+    services,
+)
 from sn.errors import BadRequest, Forbidden, Overloaded, ServiceUnavailable, TooManyRequests, Unauthorized
 from sn.storage.connlimits import ConnectionLimits, Refusal, Slot
 from sn.websocket import handshake
@@ -205,14 +216,42 @@ def _stats_provider(hub: Hub) -> StatsProvider:
     return stats
 
 
+# OpenAPI cannot describe a WebSocket: each is documented as the GET that asks for the upgrade.
+_WS_PARAMS = (
+    Param("Upgrade", "header", {"type": "string", "enum": ["websocket"]}, required=True),
+    Param("Sec-WebSocket-Key", "header", {"type": "string"}, required=True),
+    Param("Sec-WebSocket-Version", "header", {"type": "string", "enum": ["13"]}, required=True),
+    Param("token", "query", {"type": "string"}, description="The bearer token (or an Authorization header)"),
+    Param("since", "query", ID_SCHEMA, description="The last event id seen: events after it are replayed"),
+)
+_WS_RESPONSES = (
+    (101, "Switching Protocols: the feed's events follow as text frames"),
+    (426, "Upgrade Required: not a WebSocket handshake"),
+    (503, "Draining or at this worker's capacity (Retry-After)"),
+)
+
+
+def _ws_doc(summary: str, *params: Param) -> RouteDoc:
+    return RouteDoc(
+        summary,
+        errors=(400, 401, 403, 429),
+        params=(*params, *_WS_PARAMS),
+        auth="user",
+        responses=_WS_RESPONSES,
+        websocket=True,
+    )
+
+
 # Plain GET routes, not Sanic's @websocket: the upgrade is ours (sn.websocket.handshake), and
 # ``is_websocket`` tells Sanic that returning no response is intended.
 @bp.get("/ws/<user_id:str>", ctx_ws_dialect=Dialect.SEED)
+@doc(_ws_doc("The live feed (seed dialect): the token's subject must be the path's user", id_param("user_id")))
 async def seed_socket(request: Request, user_id: str) -> None:
     await _serve(request, Dialect.SEED)
 
 
 @bp.get("/post/feed/posted", ctx_ws_dialect=Dialect.OTUS)
+@doc(_ws_doc("The live feed (OTUS dialect): posts of followed users as they are written"))
 async def otus_socket(request: Request) -> None:
     await _serve(request, Dialect.OTUS)
 
