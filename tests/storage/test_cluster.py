@@ -15,7 +15,7 @@ import pytest
 
 from sn.storage import cluster
 from tests import citus_support
-from tests.support import ROOT
+from tests.support import ROOT, run_sql
 
 plain_only = pytest.mark.skipif(
     citus_support.rest_on_citus(),
@@ -32,16 +32,9 @@ def empty_database(postgres_admin_url: str) -> Iterator[str]:
     """A database with nothing in it: `sn cluster init` has to create the whole schema."""
     name = f"sn_test_cluster_{uuid.uuid4().hex[:10]}"
 
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    run_sql(postgres_admin_url, f'CREATE DATABASE "{name}"')
     yield _with_database(postgres_admin_url, name)
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sql(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _sn(database_url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ and the migration's backfill of rows written before the key columns existed."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import uuid
@@ -19,6 +18,7 @@ from sn.storage.migrations import apply_migrations
 from sn.storage.name_keys import backfill, prefix_bounds, search_key, successor
 from sn.storage.users import NewUser, UserRepository, search_query
 from tests import citus_support
+from tests.support import run_sql
 
 
 @pytest.mark.parametrize(
@@ -70,18 +70,13 @@ def c_locale_url(postgres_admin_url: str) -> Iterator[str]:
         pytest.skip("a C-locale database of its own on a plain PostgreSQL server")
     name = f"sn_test_c_{uuid.uuid4().hex[:10]}"
 
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"))
+    run_sql(
+        postgres_admin_url, f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
     try:
         yield _with_database(postgres_admin_url, name)
     finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sql(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
