@@ -23,8 +23,6 @@ from sanic.response import BaseHTTPResponse
 
 from sn import logs
 from sn.access_log import AccessLog
-from sn.actors.actions import CLOSE_GOING_AWAY
-from sn.actors.socket import CLOSE_TIMEOUT_SECONDS
 from sn.api import admin, dialogs, friends, health, monitoring, openapi, posts, user_posts, users, web, ws
 from sn.api.common import authenticate, record_access, reject_nul_query
 from sn.context import Services
@@ -32,6 +30,8 @@ from sn.errors import ApiError, NotFound, ServiceUnavailable
 from sn.loop_monitor import LoopMonitor
 from sn.models import Message, ServerError
 from sn.monitoring_listener import MonitoringListener
+from sn.protocol.actions import CLOSE_GOING_AWAY
+from sn.realtime.socket import CLOSE_TIMEOUT_SECONDS
 from sn.settings import Settings, load_settings
 
 log = logging.getLogger("sn.app")
@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None, *, name: str = "sn") -> Sanic[A
     app.config.REQUEST_TIMEOUT = int(settings.request_timeout_seconds)
     app.config.RESPONSE_TIMEOUT = int(settings.request_timeout_seconds)
     app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_timeout_seconds  # type: ignore[assignment]  # (a float works)
-    app.config.HEADER_TIMEOUT = settings.header_timeout_seconds  # read by sn.http_protocol
+    app.config.HEADER_TIMEOUT = settings.header_timeout_seconds  # read by sn.sanic_internals
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.graceful_shutdown_seconds
     app.config.ACCESS_LOG = False  # our middleware logs one line per request, in our format
     app.config.MOTD = False

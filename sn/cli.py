@@ -24,7 +24,7 @@ def _serve(settings: Settings) -> None:
 
     from sn import logs, manager_signals
     from sn.app import create_app
-    from sn.http_protocol import ConnectionProtocol
+    from sn.sanic_internals import ConnectionProtocol
 
     settings.require_secret()
     if not settings.database_url or not settings.redis_url:
@@ -89,7 +89,7 @@ def embedded_services(settings: Settings, found: dict[str, str] | None = None) -
     """Start embedded PostgreSQL/Redis for whichever URL is unset; stop them on exit. While they
     run, ``<data dir>/dev-servers.json`` tells other commands in this checkout where they are."""
     from sn.connections import remove_dev_servers, write_dev_servers
-    from sn.embedded import EmbeddedPostgres, EmbeddedRedis
+    from sn.dev.embedded import EmbeddedPostgres, EmbeddedRedis
     from sn.settings import with_overrides
 
     found = {} if found is None else found
@@ -217,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("admin-token", help="print an admin token signed with the configured secret")
     token.add_argument("--user-id", required=True, help="an existing user's id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600)
-    from sn import wsclient
+    from sn.dev import wsclient
 
     wsclient.add_arguments(sub.add_parser("ws-client", help="try the real-time feed by hand (simple or multi)"))
-    from sn import cluster_cli
+    from sn.citus import cli as cluster_cli
 
     cluster_cli.add_arguments(sub)
     return parser
@@ -253,17 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             _migrate(settings)
         elif args.command == "seed":
-            from sn.seed import run_seed
+            from sn.dev.seed import run_seed
 
             asyncio.run(run_seed(settings, args))
         elif args.command == "admin-token":
             _admin_token(settings, args.user_id, args.ttl)
         elif args.command == "ws-client":
-            from sn.wsclient import run
+            from sn.dev.wsclient import run
 
             return run(args)
         elif args.command in ("cluster", "hot"):
-            from sn import cluster_cli
+            from sn.citus import cli as cluster_cli
 
             return cluster_cli.run(settings, args)
     except SettingsError as exc:

@@ -17,33 +17,33 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sn.actors.fanout import CelebrityActor, FanoutConsumer, QueueRouter
-from sn.actors.hub import Hub
-from sn.actors.live_settings import CelebritySettings, LiveSettings
-from sn.actors.policy import RestartPolicy
-from sn.actors.recovery import RedisRecovery
-from sn.actors.router import StreamRouter
-from sn.actors.service import SupervisedLoop, exit_worker
 from sn.auth import PasswordService, TokenService
+from sn.citus.cluster import HotPromoter, cluster_mode
 from sn.connections import startup_connection
+from sn.fanout.consumers import CelebrityActor, FanoutConsumer, QueueRouter
+from sn.fanout.live_settings import CelebritySettings, LiveSettings
 from sn.feed import FeedService
 from sn.ids import IdGenerator
 from sn.pipeline.bus import FeedBus
 from sn.pipeline.factory import create_bus
 from sn.pipeline.outbox import Outbox, OutboxRelay
+from sn.realtime.connlimits import ConnectionLimits
+from sn.realtime.eventlog import EventLog
+from sn.realtime.hub import Hub
+from sn.realtime.presence import Presence
+from sn.realtime.recovery import RedisRecovery
+from sn.realtime.restart_policy import RestartPolicy
+from sn.realtime.router import StreamRouter
+from sn.realtime.supervision import SupervisedLoop, exit_worker
 from sn.settings import Settings
 from sn.storage.cache import PostCache, ProfileCache
-from sn.storage.cluster import HotPromoter, cluster_mode
-from sn.storage.connlimits import ConnectionLimits
 from sn.storage.db import create_pool
 from sn.storage.dialogs import DialogRepository
-from sn.storage.eventlog import EventLog
 from sn.storage.feed_cache import FeedCache
 from sn.storage.feed_read import FeedReader
 from sn.storage.friends import FriendRepository
 from sn.storage.idlease import GeneratorLease
 from sn.storage.posts import PostRepository
-from sn.storage.presence import Presence
 from sn.storage.ratelimit import RateLimiter
 from sn.storage.redis_mux import MuxRedis
 from sn.storage.shard_reads import ShardReads

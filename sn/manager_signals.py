@@ -80,7 +80,7 @@ RESPAWN_WINDOW_SECONDS = 60.0
 def _respawning_sync_states(original: Callable[[Any], None]) -> Callable[[Any], None]:
     """Sanic's ``WorkerManager._sync_states``, then: a server worker that is no longer alive while
     the manager is not shutting down (killed, crashed, or ended itself because a critical loop gave
-    up: see sn.actors.service.exit_worker) is started again. Sanic 25.12 only records it as
+    up: see sn.realtime.supervision.exit_worker) is started again. Sanic 25.12 only records it as
     FAILED/COMPLETED, leaving the server one worker short for good."""
 
     def sync_states(manager: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from sanic import Sanic
 from sanic.models.server_types import Signal
 
-from sn.http_protocol import ConnectionProtocol
+from sn.sanic_internals import ConnectionProtocol
 
 log = logging.getLogger("sn.monitoring_listener")
 

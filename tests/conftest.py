@@ -44,7 +44,7 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     elif port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
     else:
-        from sn.embedded import EmbeddedPostgres
+        from sn.dev.embedded import EmbeddedPostgres
 
         with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as pg:
             yield pg.url
@@ -99,7 +99,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Itera
     elif port_open("127.0.0.1", 6379):
         resolved = f"redis://127.0.0.1:6379/{index}"
     else:
-        from sn.embedded import EmbeddedRedis
+        from sn.dev.embedded import EmbeddedRedis
 
         with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
             resolved = f"{server.url.rsplit('/', 1)[0]}/{index}"

@@ -8,8 +8,8 @@ from typing import Any
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import Param, RouteDoc, current_admin, doc, id_param, json_response, path_id, services
+from sn.citus import cluster
 from sn.errors import BadRequest, Conflict, NotFound
-from sn.storage import cluster
 
 bp = Blueprint("admin")
 

@@ -7,9 +7,9 @@ from collections.abc import Awaitable
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from sn.actors.service import WAITING_FOR_A_DEPENDENCY
 from sn.api.common import RouteDoc, doc, json_response, services
 from sn.models import Health, Readiness
+from sn.realtime.supervision import WAITING_FOR_A_DEPENDENCY
 
 bp = Blueprint("health")
 

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request
 
-from sn.actors.fanout import CELEB_RECENT, CELEB_RUNNING, CELEB_STATS
-from sn.actors.hub import cluster_stats
-from sn.actors.live_settings import CelebritySettings
-from sn.actors.messages import Event, event_to_json
 from sn.api.common import ID_SCHEMA, NO_NUL, RouteDoc, current_admin, decode_body, doc, json_response, path_id, services
 from sn.errors import NotFound
+from sn.fanout.consumers import CELEB_RECENT, CELEB_RUNNING, CELEB_STATS
+from sn.fanout.live_settings import CelebritySettings
 from sn.metrics import render
+from sn.protocol.messages import Event, event_to_json
+from sn.realtime.hub import cluster_stats
 
 bp = Blueprint("monitoring")
 

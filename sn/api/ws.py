@@ -13,11 +13,6 @@ from typing import Any
 
 from sanic import Blueprint, Request
 
-from sn.actors.actions import Action, SendText
-from sn.actors.connection import ConnectionState, ConnectionStats, StatsProvider
-from sn.actors.encoding import Dialect
-from sn.actors.hub import Hub
-from sn.actors.socket import SocketActor
 from sn.api.common import (
     ID_SCHEMA,
     Param,
@@ -30,10 +25,15 @@ from sn.api.common import (
     record_access,
     services,
 )
-from sn.errors import BadRequest, Forbidden, Overloaded, ServiceUnavailable, TooManyRequests, Unauthorized
-from sn.storage.connlimits import ConnectionLimits, Refusal, Slot
-from sn.websocket import handshake
-from sn.websocket.frames import OP_TEXT, encode_frame
+from sn.errors import ApiError, BadRequest, Forbidden, Overloaded, ServiceUnavailable, TooManyRequests, Unauthorized
+from sn.protocol import handshake
+from sn.protocol.actions import Action, SendText
+from sn.protocol.connection import ConnectionState, ConnectionStats, StatsProvider
+from sn.protocol.encoding import Dialect
+from sn.protocol.frames import OP_TEXT, encode_frame
+from sn.realtime.connlimits import ConnectionLimits, Refusal, Slot
+from sn.realtime.hub import Hub
+from sn.realtime.socket import SocketActor
 
 log = logging.getLogger("sn.api.ws")
 
@@ -98,9 +98,14 @@ async def _serve(request: Request, dialect: Dialect) -> None:
 
     From here on the connection is ours: Sanic's protocol object, its request and its task
     are released, so an idle socket costs only the transport and the actor (see
-    ``sn.actors.socket``). The handler stays for the asynchronous setup only (presence, replay).
+    ``sn.realtime.socket``). The handler stays for the asynchronous setup only (presence, replay).
     """
-    response = handshake.accept(request.headers)
+    try:
+        response = handshake.accept(request.headers)
+    except handshake.HandshakeRefused as refused:
+        error = ApiError(refused.message, headers=refused.headers)
+        error.status = refused.status
+        raise error from None
     if request.app.ctx.draining:
         # Checked again here (the middleware ran before any await of this request): a socket
         # taken over after the drain's "going away" round would never be told.
@@ -242,7 +247,7 @@ def _ws_doc(summary: str, *params: Param) -> RouteDoc:
     )
 
 
-# Plain GET routes, not Sanic's @websocket: the upgrade is ours (sn.websocket.handshake), and
+# Plain GET routes, not Sanic's @websocket: the upgrade is ours (sn.protocol.handshake), and
 # ``is_websocket`` tells Sanic that returning no response is intended.
 @bp.get("/ws/<user_id:str>", ctx_ws_dialect=Dialect.SEED)
 @doc(_ws_doc("The live feed (seed dialect): the token's subject must be the path's user", id_param("user_id")))

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from sn.embedded import EmbeddedRedis
+from sn.dev.embedded import EmbeddedRedis
 from tests.proxy import TcpProxy
 from tests.support import ServerProcess, User, eventually, register
 

@@ -1,6 +1,6 @@
 """Shard-aware reads on plain PostgreSQL: Citus's hash, the range lookup, node URLs, and the
 router sending reads to a node's own pool or back to the coordinator. (On a real cluster:
-tests/storage/test_citus.py.)"""
+tests/citus/test_citus.py.)"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Page, expect
 from websockets.asyncio.client import ClientConnection, connect
 
-from sn.wsclient import ws_url
+from sn.dev.wsclient import ws_url
 from tests.conftest import JWT_SECRET
 from tests.support import ServerProcess, User, admin_token, eventually
 from tests.web.conftest import Tab, save_screenshot
