@@ -20,8 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sn.auth import PasswordService, TokenService
 from sn.citus.cluster import HotPromoter, cluster_mode
 from sn.connections import startup_connection
-from sn.fanout.consumers import CelebrityActor, FanoutConsumer, QueueRouter
+from sn.fanout.celebrity import CelebrityActor, QueueRouter
 from sn.fanout.live_settings import CelebritySettings, LiveSettings
+from sn.fanout.normal import FanoutConsumer
 from sn.feed import FeedService
 from sn.ids import IdGenerator
 from sn.pipeline.bus import FeedBus

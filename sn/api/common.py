@@ -50,7 +50,7 @@ def decode_body(request: Request, model: type[T]) -> T:
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid field: {exc}") from exc
+        value = _with_integral_floats(body, model, exc)
     except msgspec.DecodeError as exc:
         if _LONE_SURROGATE.search(body):  # (msgspec calls it "Input data was truncated")
             raise BadRequest("malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string") from exc
@@ -59,6 +59,27 @@ def decode_body(request: Request, model: type[T]) -> T:
         raise BadRequest("malformed JSON: nested too deeply") from exc
     _reject_nul(value, "$")
     return value  # type: ignore[no-any-return]
+
+
+def _with_integral_floats(body: bytes, model: type[T], error: msgspec.ValidationError) -> T:
+    """JSON Schema, and so the OpenAPI document, counts ``1000.0`` as an integer; msgspec's strict
+    decoding does not. Retried only after such a failure, so a valid body pays nothing for it."""
+    if "got `float`" not in str(error):
+        raise BadRequest(f"invalid field: {error}") from error
+    try:
+        return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), model)
+    except msgspec.ValidationError as again:
+        raise BadRequest(f"invalid field: {again}") from again
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
 
 
 # A high surrogate escape not followed by a low one, or a low one not preceded by a high one.

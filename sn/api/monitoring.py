@@ -9,11 +9,11 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import ID_SCHEMA, NO_NUL, RouteDoc, current_admin, decode_body, doc, json_response, path_id, services
 from sn.errors import NotFound
-from sn.fanout.consumers import CELEB_RECENT, CELEB_RUNNING, CELEB_STATS
+from sn.fanout.celebrity import celebrity_report
 from sn.fanout.live_settings import CelebritySettings
 from sn.metrics import render
 from sn.protocol.messages import Event, event_to_json
-from sn.realtime.hub import cluster_stats
+from sn.realtime.stats import cluster_stats, websocket_summary
 
 bp = Blueprint("monitoring")
 
@@ -68,16 +68,9 @@ async def stats(request: Request) -> HTTPResponse:
     live = await app.live.refresh()
     total_celebrities = await app.social.celebrity_count(live.celebrity_threshold)
     outbox_pending = await app.relay.pending()
-    # Distinct users: the workers' own counts add up a user once per worker holding their sockets.
     active_users = await app.presence.count_online(await app.presence.streams())
     body: dict[str, Any] = {
-        "websocket": {
-            "total_connections": sum(w.connections for w in workers),
-            "active_users": active_users,
-            "connections_per_worker": {w.worker: w.connections for w in workers},
-            "messages_delivered": sum(w.delivered for w in workers),
-            "slow_consumer_closes": sum(w.slow_consumer_closes for w in workers),
-        },
+        "websocket": websocket_summary(workers, active_users),
         "feed_processor": {
             "is_running": bool(workers)
             and all(w.extra.get("loops", {}).get("fanout", {}).get("running") for w in workers),
@@ -112,18 +105,11 @@ async def celebrity_stats(request: Request) -> HTTPResponse:
     app = services(request)
     live = await app.live.refresh()
     celebrities = await app.social.celebrities(live.celebrity_threshold)
-    raw_counters: dict[bytes, bytes] = await app.redis.hgetall(CELEB_STATS)  # type: ignore[assignment]
-    counters = {k.decode(): int(v) for k, v in raw_counters.items()}
-    running = [msgspec.json.decode(v) for v in (await app.redis.hgetall(CELEB_RUNNING)).values()]
-    recent = [msgspec.json.decode(v) for v in await app.redis.lrange(CELEB_RECENT, 0, -1)]
     return json_response(
         {
             "settings": msgspec.structs.asdict(live),
             "celebrities": [{"user_id": str(u), "followers": n} for u, n in celebrities],
-            "fanouts_in_progress": running,
-            "batches_sent": counters.get("batches_sent", 0),
-            "fanouts_completed": counters.get("fanouts_completed", 0),
-            "recent_fanouts": recent,
+            **await celebrity_report(app.redis),
         }
     )
 

@@ -25,11 +25,10 @@ from sn.protocol.resync import Resync
 from sn.realtime.eventlog import EventLog
 from sn.realtime.presence import Presence
 from sn.realtime.socket import SocketActor
+from sn.realtime.stats import WorkerStats, cluster_stats, publish, withdraw
 
 log = logging.getLogger("sn.realtime.hub")
 
-WORKERS_KEY = "sn:rt:workers"
-STATS_TTL_SECONDS = 15.0
 STATS_INTERVAL_SECONDS = 1.0
 DISTINCT_USERS_INTERVAL_SECONDS = 10.0
 KEEPALIVE_SWEEP_SECONDS = 1.0
@@ -38,19 +37,6 @@ KEEPALIVE_SLICE = 500
 # ttl/3: all of a worker's users at once (10k users, ~90 ms of Redis time in a burst) delayed
 # every command of every worker queued behind it, and showed up as a spike in delivery latency.
 PRESENCE_TICK_SECONDS = 0.5
-
-
-class WorkerStats(msgspec.Struct):
-    worker: str
-    node: str
-    pid: int
-    connections: int
-    users: int
-    delivered: int
-    slow_consumer_closes: int
-    accepted: int
-    updated_at: float
-    extra: dict[str, Any] = {}
 
 
 class Hub:
@@ -329,7 +315,7 @@ class Hub:
         )
 
     async def publish_stats(self) -> None:
-        await self._redis.hset(WORKERS_KEY, self.stream_key, msgspec.json.encode(self.stats()))
+        await publish(self._redis, self.stats())
         workers = await cluster_stats(self._redis)
         now = time.monotonic()
         if now >= self._distinct_users_due:
@@ -353,21 +339,7 @@ class Hub:
             if self._pending_leaves:
                 await self._store_leaves()
         finally:
-            await self._redis.hdel(WORKERS_KEY, self.stream_key)
-
-
-async def cluster_stats(redis: Redis) -> list[WorkerStats]:
-    """Every live worker's last published stats (entries older than the TTL are dead workers)."""
-    raw = await redis.hgetall(WORKERS_KEY)
-    now = time.time()
-    alive = []
-    for field, value in raw.items():
-        stats = msgspec.json.decode(value, type=WorkerStats)
-        if now - stats.updated_at <= STATS_TTL_SECONDS:
-            alive.append(stats)
-        else:
-            await redis.hdel(WORKERS_KEY, field)
-    return sorted(alive, key=lambda s: s.worker)
+            await withdraw(self._redis, self.stream_key)
 
 
 def _settled_future() -> asyncio.Future[None]:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from sn.realtime.hub import WORKERS_KEY
 from sn.realtime.restart_policy import RestartPolicy
+from sn.realtime.stats import WORKERS_KEY
 from sn.realtime.supervision import SupervisedLoop, is_outage
 from tests.private_services import PrivateRedis
 from tests.support import ServerProcess, eventually

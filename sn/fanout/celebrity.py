@@ -1,67 +1,46 @@
-"""The fan-out consumer (bus queue `feed`) and the celebrity actor (bus queue `celebrity`).
+"""Celebrities: the decision, the throttle and its bookkeeping, in one place.
 
-Normal authors: the post id goes into each follower's cached feed (one Lua call per 500
-followers, only feeds that exist), then one routing script call delivers to every worker stream
-holding an online follower. The event body is encoded once for all recipients.
-
-Celebrities (follower count >= the live threshold): the post is not copied into follower feeds
-(readers pull it, see FeedService); online followers are notified in batches of `batch_size`
-with `batch_delay` between batches. The celebrity queue is separate and consumed one message at
-a time, so a celebrity backlog never delays normal posts, and the pauses between batches yield
-the event loop to everything else.
+- The decision (``QueueRouter``, asked by the outbox relay for every post): an author with at
+  least the live threshold of followers is a celebrity, and their posts travel on the bus queue
+  `celebrity` instead of `feed`. The queue is separate and consumed one message at a time, so a
+  celebrity backlog never delays normal posts.
+- The throttle (``CelebrityActor``): the post is not copied into follower feeds (readers pull it,
+  see FeedService); online followers are notified in batches of `batch_size` with `batch_delay`
+  between batches (live settings, ``sn.fanout.live_settings``), and the pauses yield the event loop
+  to everything else.
+- Its keys: progress of running fan-outs, counters and the recent ones, read back by
+  ``celebrity_report`` for /celebrity-stats.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import time
-from collections import deque
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from sn.fanout.live_settings import LiveSettings
+from sn.fanout.normal import realtime_body
 from sn.feed import FeedService
-from sn.ids import timestamp_ms
-from sn.metrics import metrics
 from sn.pipeline import events
 from sn.pipeline.bus import Queue
-from sn.protocol.messages import Event, event_to_json
 from sn.realtime.eventlog import EventLog
 from sn.realtime.presence import Presence
 from sn.storage.social_cache import SocialCache
 from sn.tasks import cancel_and_wait
 
-log = logging.getLogger("sn.fanout.consumers")
+__all__ = ["CELEB_RECENT", "CELEB_RUNNING", "CELEB_STATS", "CelebrityActor", "QueueRouter", "celebrity_report"]
+
+log = logging.getLogger("sn.fanout.celebrity")
 
 CELEB_STATS = "sn:celeb:stats"
 CELEB_RUNNING = "sn:celeb:running"
 CELEB_RECENT = "sn:celeb:recent"
-
-
-def realtime_body(event: events.PostEvent) -> bytes:
-    """The event as the routers decode it; event_id is filled in per routing call."""
-    return event_to_json(
-        Event(
-            event_id=0,
-            type=event.type,
-            post_id=str(event.post_id),
-            author_user_id=str(event.author_id),
-            post_text=event.text,
-            created_at=event.created_at,
-        )
-    )
-
-
-def _once_key(event: events.PostEvent, body: bytes) -> str:
-    """Names one event: a post is created and deleted once; its updates differ by their body."""
-    if event.type == "post_updated":
-        return f"{event.type}:{event.post_id}:{hashlib.blake2b(body, digest_size=8).hexdigest()}"
-    return f"{event.type}:{event.post_id}"
+RECENT_KEPT = 20
 
 
 class QueueRouter:
@@ -78,36 +57,6 @@ class QueueRouter:
         ):
             return "celebrity"
         return "feed"
-
-
-class FanoutConsumer:
-    def __init__(self, *, feed: FeedService, social: SocialCache, presence: Presence, eventlog: EventLog) -> None:
-        self._feed = feed
-        self._social = social
-        self._presence = presence
-        self._eventlog = eventlog
-        self.handled = 0
-        self.latencies: deque[float] = deque(maxlen=1000)
-
-    async def handle(self, raw: bytes) -> None:
-        event = events.decode(raw)
-        if isinstance(event, events.FollowEvent):
-            await self._feed.apply_follow(event.user_id, event.friend_id)
-            # Warm the follower's feed so their next read is a cache hit.
-            await self._feed.rebuild(event.user_id)
-        else:
-            followers = await self._social.followers(event.author_id)
-            await self._feed.apply(event, followers)
-            body = realtime_body(event)
-            await self._eventlog.route_to_followers(body, event.author_id, followers, once_key=_once_key(event, body))
-            if event.type == "post_created":  # the id's timestamp is the post's creation time
-                lag = time.time() - timestamp_ms(event.post_id) / 1000
-                metrics().fanout_latency.observe(lag)
-                metrics().queue_lag.set(lag)
-        self.handled += 1
-
-    def stats(self) -> dict[str, Any]:
-        return {"handled": self.handled}
 
 
 class CelebrityActor:
@@ -182,7 +131,7 @@ class CelebrityActor:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(CELEB_STATS, "fanouts_completed", 1)
             pipe.lpush(CELEB_RECENT, msgspec.json.encode(summary))
-            pipe.ltrim(CELEB_RECENT, 0, 19)
+            pipe.ltrim(CELEB_RECENT, 0, RECENT_KEPT - 1)
             await pipe.execute()
         self.fanouts += 1
         self.batches += batches
@@ -232,3 +181,15 @@ class CelebrityActor:
         """Cancel background cache loads (the worker is stopping)."""
         for task in list(self._warming.values()):
             await cancel_and_wait(task)
+
+
+async def celebrity_report(redis: Redis) -> dict[str, Any]:
+    """The fan-outs in progress, the counters and the recent fan-outs (newest first)."""
+    raw_counters: dict[bytes, bytes] = await redis.hgetall(CELEB_STATS)  # type: ignore[assignment]
+    counters = {key.decode(): int(value) for key, value in raw_counters.items()}
+    return {
+        "fanouts_in_progress": [msgspec.json.decode(v) for v in (await redis.hgetall(CELEB_RUNNING)).values()],
+        "batches_sent": counters.get("batches_sent", 0),
+        "fanouts_completed": counters.get("fanouts_completed", 0),
+        "recent_fanouts": [msgspec.json.decode(v) for v in await redis.lrange(CELEB_RECENT, 0, -1)],
+    }
