@@ -7,7 +7,7 @@
 #      (`make install` there); this checkout's bench scripts drive both, through BENCH_PYTHON: the
 #      server is `python -m sn` of the tree under test, the load generators are the same.
 #   2. HTTP (bench/run.sh, wrk): after, before, after, before on one seeded database (seeded once,
-#      BENCH_KEEP_DB / BENCH_SKIP_SEED), COMPARE_HTTP_ROUNDS rounds of BENCH_DURATION each.
+#      BENCH_SKIP_SEED; the last run drops it), COMPARE_HTTP_ROUNDS rounds of BENCH_DURATION each.
 #   3. WebSocket (bench/ws_run.sh, sn only: memory, fan-out to 10k, reconnect storm, isolation):
 #      after, before, after, before on one seeded database (the echo/broadcast yardsticks do not
 #      depend on sn).
