@@ -23,6 +23,24 @@ class CelebritySettings(msgspec.Struct, frozen=True):
     batch_delay: float
 
 
+def _field(values: dict[str, str], name: str, default: float, *, kind: type[int | float], minimum: float) -> float:
+    """One stored value, or the default when it is missing or unusable. /celebrity-settings only
+    stores valid values, but the hash is plain Redis: a value written by hand must not raise here,
+    where the celebrity consumer would fail every post on every worker."""
+    raw = values.get(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    # (NaN and infinities are not usable either: no comparison admits them)
+    if value is None or not minimum <= value < float("inf"):
+        log.warning("celebrity setting %s=%r in %s is not usable; using %s", name, raw, KEY, default)
+        return default
+    return value
+
+
 class LiveSettings:
     def __init__(self, redis: Redis, defaults: CelebritySettings) -> None:
         self._redis = redis
@@ -31,15 +49,15 @@ class LiveSettings:
 
     async def refresh(self) -> CelebritySettings:
         raw: dict[bytes, bytes] = await self._redis.hgetall(KEY)  # type: ignore[assignment]
-        if raw:
-            values = {k.decode(): v.decode() for k, v in raw.items()}
-            self.current = CelebritySettings(
-                celebrity_threshold=int(values.get("celebrity_threshold", self.defaults.celebrity_threshold)),
-                batch_size=int(values.get("batch_size", self.defaults.batch_size)),
-                batch_delay=float(values.get("batch_delay", self.defaults.batch_delay)),
-            )
-        else:
-            self.current = self.defaults
+        values = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        defaults = self.defaults
+        self.current = CelebritySettings(
+            celebrity_threshold=int(
+                _field(values, "celebrity_threshold", defaults.celebrity_threshold, kind=int, minimum=1)
+            ),
+            batch_size=int(_field(values, "batch_size", defaults.batch_size, kind=int, minimum=1)),
+            batch_delay=_field(values, "batch_delay", defaults.batch_delay, kind=float, minimum=0),
+        )
         return self.current
 
     async def store(self, settings: CelebritySettings) -> None:
