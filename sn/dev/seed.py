@@ -35,12 +35,14 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from itertools import count, islice, repeat
 from pathlib import Path
 from typing import Any
@@ -70,220 +72,91 @@ _RUSSIAN_SHARE = 0.7
 Record = tuple[Any, ...]
 
 
-def _words(text: str, sep: str | None = None) -> list[str]:
-    return text.split(sep)
-
-
-def _pairs(text: str) -> list[tuple[str, str]]:
-    """`Cyrillic/Latin` pairs separated by spaces."""
-    return [(cyrillic, latin) for cyrillic, _, latin in (pair.partition("/") for pair in text.split())]
-
-
 # -- vocabulary ----------------------------------------------------------------------------------
-# Pairs of (Cyrillic, Latin transliteration): the Latin form builds the e-mail address.
 
-_RU_MALE = _pairs(
-    "Александр/Aleksandr Дмитрий/Dmitry Максим/Maksim Сергей/Sergey Андрей/Andrey Алексей/Aleksey Артём/Artyom"
-    " Илья/Ilya Кирилл/Kirill Михаил/Mikhail Никита/Nikita Матвей/Matvey Роман/Roman Егор/Egor Арсений/Arseny"
-    " Иван/Ivan Денис/Denis Евгений/Evgeny Даниил/Daniil Тимофей/Timofey Владимир/Vladimir Павел/Pavel"
-    " Олег/Oleg Игорь/Igor Константин/Konstantin Николай/Nikolay Юрий/Yury Виктор/Viktor Антон/Anton"
-    " Вадим/Vadim Григорий/Grigory Степан/Stepan Фёдор/Fyodor Глеб/Gleb Лев/Lev Марк/Mark Ярослав/Yaroslav"
-    " Борис/Boris Георгий/Georgy Василий/Vasily"
-)
-_RU_FEMALE = _pairs(
-    "Анастасия/Anastasia Мария/Maria Анна/Anna Виктория/Viktoria Екатерина/Ekaterina Наталья/Natalya"
-    " Марина/Marina Полина/Polina София/Sofia Дарья/Darya Алиса/Alisa Ксения/Ksenia Александра/Aleksandra"
-    " Елена/Elena Ольга/Olga Татьяна/Tatyana Ирина/Irina Светлана/Svetlana Юлия/Yulia Вера/Vera"
-    " Варвара/Varvara Ева/Eva Арина/Arina Валерия/Valeria Людмила/Lyudmila Надежда/Nadezhda Галина/Galina"
-    " Кристина/Kristina Вероника/Veronika Милана/Milana"
-)
-# Masculine forms; every one ends in -ов/-ев/-ёв/-ин or -ский so `_feminine` can derive the other.
-_RU_SURNAMES = _pairs(
-    "Иванов/Ivanov Смирнов/Smirnov Кузнецов/Kuznetsov Попов/Popov Васильев/Vasilyev Петров/Petrov"
-    " Соколов/Sokolov Михайлов/Mikhaylov Новиков/Novikov Фёдоров/Fyodorov Морозов/Morozov Волков/Volkov"
-    " Алексеев/Alekseev Лебедев/Lebedev Семёнов/Semyonov Егоров/Egorov Павлов/Pavlov Козлов/Kozlov"
-    " Степанов/Stepanov Николаев/Nikolaev Орлов/Orlov Андреев/Andreev Макаров/Makarov Никитин/Nikitin"
-    " Захаров/Zakharov Зайцев/Zaytsev Соловьёв/Solovyov Борисов/Borisov Яковлев/Yakovlev"
-    " Григорьев/Grigoryev Романов/Romanov Воробьёв/Vorobyov Сергеев/Sergeev Кузьмин/Kuzmin Фролов/Frolov"
-    " Александров/Aleksandrov Дмитриев/Dmitriev Королёв/Korolyov Гусев/Gusev Киселёв/Kiselyov Ильин/Ilyin"
-    " Максимов/Maksimov Поляков/Polyakov Сорокин/Sorokin Виноградов/Vinogradov Ковалёв/Kovalyov Белов/Belov"
-    " Медведев/Medvedev Антонов/Antonov Тарасов/Tarasov Жуков/Zhukov Баранов/Baranov Филиппов/Filippov"
-    " Комаров/Komarov Давыдов/Davydov Беляев/Belyaev Герасимов/Gerasimov Богданов/Bogdanov Осипов/Osipov"
-    " Сидоров/Sidorov Матвеев/Matveev Титов/Titov Марков/Markov Миронов/Mironov Крылов/Krylov"
-    " Куликов/Kulikov Карпов/Karpov Власов/Vlasov Мельников/Melnikov Денисов/Denisov Гаврилов/Gavrilov"
-    " Тихонов/Tikhonov Казаков/Kazakov Афанасьев/Afanasyev Данилов/Danilov Савельев/Savelyev"
-    " Тимофеев/Timofeev Фомин/Fomin Чернов/Chernov Абрамов/Abramov Мартынов/Martynov Ефимов/Efimov"
-    " Щербаков/Shcherbakov Назаров/Nazarov Калинин/Kalinin Исаев/Isaev Быков/Bykov Маслов/Maslov"
-    " Родионов/Rodionov Коновалов/Konovalov Лазарев/Lazarev Воронин/Voronin Климов/Klimov Филатов/Filatov"
-    " Пономарёв/Ponomaryov Голубев/Golubev Кудрявцев/Kudryavtsev Прохоров/Prokhorov Наумов/Naumov"
-    " Потапов/Potapov Журавлёв/Zhuravlyov Овчинников/Ovchinnikov Трофимов/Trofimov Леонов/Leonov"
-    " Соболев/Sobolev Ермаков/Ermakov Колесников/Kolesnikov Гончаров/Goncharov Емельянов/Emelyanov"
-    " Никифоров/Nikiforov Грачёв/Grachyov Котов/Kotov Гришин/Grishin Ефремов/Efremov Архипов/Arkhipov"
-    " Громов/Gromov Кириллов/Kirillov Малышев/Malyshev Панов/Panov Моисеев/Moiseev Румянцев/Rumyantsev"
-    " Акимов/Akimov Кондратьев/Kondratyev Бирюков/Biryukov Горбунов/Gorbunov Анисимов/Anisimov"
-    " Галкин/Galkin Лукьянов/Lukyanov Михеев/Mikheev Скворцов/Skvortsov Юдин/Yudin Белоусов/Belousov"
-    " Нестеров/Nesterov Симонов/Simonov Харитонов/Kharitonov Князев/Knyazev Цветков/Tsvetkov Левин/Levin"
-    " Воронов/Voronov Аксёнов/Aksyonov Мальцев/Maltsev Логинов/Loginov Горшков/Gorshkov Савин/Savin"
-    " Краснов/Krasnov Майоров/Mayorov Демидов/Demidov Елисеев/Eliseev Рыбаков/Rybakov Сафонов/Safonov"
-    " Плотников/Plotnikov Хохлов/Khokhlov Фадеев/Fadeev Молчанов/Molchanov Литвинов/Litvinov Ершов/Ershov"
-    " Ушаков/Ushakov Рябов/Ryabov Мухин/Mukhin Калашников/Kalashnikov Лобанов/Lobanov Бородин/Borodin"
-    " Платонов/Platonov Некрасов/Nekrasov Бобров/Bobrov Жданов/Zhdanov Блинов/Blinov Дроздов/Drozdov"
-    " Лавров/Lavrov Зуев/Zuev Ларин/Larin Никулин/Nikulin Серов/Serov Зотов/Zotov Устинов/Ustinov"
-    " Фокин/Fokin Сахаров/Sakharov Шишкин/Shishkin Чистяков/Chistyakov Носов/Nosov Зверев/Zverev"
-    " Вишневский/Vishnevsky Островский/Ostrovsky Жуковский/Zhukovsky Покровский/Pokrovsky"
-    " Соколовский/Sokolovsky Яворский/Yavorsky Ковальский/Kovalsky Вяземский/Vyazemsky"
-)
-_EN_MALE = _words(
-    "James John Robert Michael William David Richard Joseph Thomas Charles Christopher Daniel Matthew Anthony"
-    " Mark Steven Paul Andrew Joshua Kevin Brian George Edward Ryan Jacob Oliver Harry Jack Noah Liam Ethan Lucas"
-)
-_EN_FEMALE = _words(
-    "Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Margaret Sandra Ashley"
-    " Emily Donna Michelle Amanda Olivia Emma Ava Sophia Isabella Mia Charlotte Amelia Grace Chloe Lily"
-)
-_EN_SURNAMES = _words(
-    "Smith Johnson Williams Brown Jones Garcia Miller Davis Wilson Anderson Taylor Thomas Moore Jackson Martin"
-    " Lee Thompson White Harris Clark Lewis Robinson Walker Young Allen King Wright Scott Hill Green Adams Baker"
-    " Nelson Carter Mitchell Roberts Turner Phillips Campbell Parker Evans Edwards Collins Stewart Morris Murphy"
-    " Cook Rogers Morgan Cooper Peterson Reed Bailey Bell Kelly Howard Ward Cox Richardson Wood Watson Brooks"
-    " Bennett Gray Hughes Price Sanders Myers Long Ross Foster Fletcher Hayes Palmer Holmes Walsh Barnes"
-)
 
-# (city, weight): weights roughly follow population, so Moscow and London dominate as they would.
-_RU_CITIES = [
-    ("Москва", 30),
-    ("Санкт-Петербург", 15),
-    ("Новосибирск", 4),
-    ("Екатеринбург", 4),
-    ("Казань", 4),
-    ("Нижний Новгород", 3),
-    ("Челябинск", 3),
-    ("Красноярск", 3),
-    ("Самара", 3),
-    ("Уфа", 3),
-    ("Ростов-на-Дону", 3),
-    ("Краснодар", 3),
-    ("Омск", 2),
-    ("Воронеж", 2),
-    ("Пермь", 2),
-    ("Волгоград", 2),
-    ("Тюмень", 2),
-    ("Саратов", 2),
-    ("Тольятти", 1),
-    ("Ижевск", 1),
-    ("Барнаул", 1),
-    ("Иркутск", 1),
-    ("Хабаровск", 1),
-    ("Ярославль", 1),
-    ("Владивосток", 1),
-    ("Томск", 1),
-    ("Калининград", 1),
-    ("Сочи", 1),
-    ("Тверь", 1),
-]
-_EN_CITIES = [
-    ("London", 10),
-    ("New York", 10),
-    ("Los Angeles", 5),
-    ("Chicago", 4),
-    ("Toronto", 4),
-    ("Sydney", 4),
-    ("Melbourne", 3),
-    ("Manchester", 3),
-    ("San Francisco", 3),
-    ("Boston", 3),
-    ("Seattle", 3),
-    ("Dublin", 2),
-    ("Edinburgh", 2),
-    ("Austin", 2),
-    ("Vancouver", 2),
-    ("Auckland", 2),
-    ("Birmingham", 2),
-    ("Denver", 1),
-    ("Bristol", 1),
-    ("Cape Town", 1),
-]
+@dataclass(frozen=True, slots=True)
+class _Vocabulary:
+    """The word lists the generator draws from (sn/dev/seed_words.json)."""
 
-_RU_INTERESTS = _words(
-    "путешествия/фотография/книги/кино/музыка/бег/йога/шахматы/программирование/кулинария/велоспорт/горы"
-    "/футбол/хоккей/театр/рисование/настольные игры/рыбалка/дача/танцы/гитара/сноуборд/плавание/история"
-    "/астрономия",
-    "/",
-)
-_EN_INTERESTS = _words(
-    "travel/photography/books/movies/music/running/yoga/chess/programming/cooking/cycling/hiking/football"
-    "/basketball/theatre/painting/board games/fishing/gardening/dancing/guitar/snowboarding/swimming/history"
-    "/astronomy",
-    "/",
-)
-_RU_JOBS = _words(
-    "Инженер/Программист/Дизайнер/Врач/Учитель/Студент/Менеджер/Аналитик/Фотограф/Бухгалтер/Маркетолог"
-    "/Юрист/Архитектор/Журналист/Музыкант/Тестировщик/Продакт-менеджер",
-    "/",
-)
-_EN_JOBS = _words(
-    "Engineer/Software developer/Designer/Doctor/Teacher/Student/Manager/Analyst/Photographer/Accountant"
-    "/Marketer/Lawyer/Architect/Journalist/Musician/QA engineer/Product manager",
-    "/",
-)
-_RU_BIOS = (
-    "{job}. Увлекаюсь: {interests}.",
-    "{job}. В свободное время — {i1} и {i2}.",
-    "{job}, г. {city}. Хобби: {i1}.",
-    "Интересы: {interests}. Пишите!",
-)
-_EN_BIOS = (
-    "{job} from {city}. Into {i1} and {i2}.",
-    "{job}. I love {interests}.",
-    "{job}. Weekends are for {i1}.",
-    "Interested in {interests}. Say hi!",
-)
-_RU_SENTENCES = (
-    "Сегодня отличная погода для прогулки.",
-    "Большой проект на работе наконец-то закончен.",
-    "Кто посоветует хорошую книгу на выходные?",
-    "Утренний кофе — лучшее начало дня.",
-    "Вчерашний концерт — до сих пор под впечатлением.",
-    "Курсы начались, посмотрим, что из этого выйдет.",
-    "Пробки сегодня просто невероятные.",
-    "Выходные за городом — очень рекомендую.",
-    "Пирог по бабушкиному рецепту удался.",
-    "Новый фильм — смотреть стоит.",
-    "Первые десять километров без остановки!",
-    "Всем хорошего вечера.",
-    "Планирую отпуск, куда бы поехать?",
-    "Снег опять застал коммунальщиков врасплох.",
-    "Новый компьютер собран, работает как часы.",
-    "Делюсь фотографиями из поездки.",
-    "Сегодня день рождения у лучшего друга, поздравляю!",
-    "Учу испанский уже третий месяц.",
-    "Новая глава прочитана, продолжение завтра.",
-    "Кажется, весна всё-таки наступила.",
-)
-_RU_TOPICS = ("Тема дня: {i}.", "Ещё одна заметка про хобби: {i}.", "Немного о моём увлечении: {i}.")
-_EN_SENTENCES = (
-    "Beautiful weather for a walk today.",
-    "Finally shipped the big project at work.",
-    "Any good book recommendations for the weekend?",
-    "Morning coffee is the best start to the day.",
-    "Went to a concert last night, still buzzing.",
-    "Signed up for an evening class, wish me luck.",
-    "Traffic was unbelievable this morning.",
-    "Spent the weekend out of town, highly recommend it.",
-    "Baked my grandmother's apple pie.",
-    "Watched the new film everyone talks about. Worth it.",
-    "Ran my first 10k without stopping!",
-    "Have a great evening, everyone.",
-    "Planning a holiday, where should I go?",
-    "Built a new PC, it runs like a dream.",
-    "Sharing a few photos from the trip.",
-    "Happy birthday to my best friend!",
-    "Three months into learning Spanish.",
-    "Another chapter done, more tomorrow.",
-    "Spring seems to be here at last.",
-    "Rainy day, perfect for staying in.",
-)
-_EN_TOPICS = ("Topic of the day: {i}.", "Anyone else into {i}?", "A few thoughts on {i}.")
+    # (Cyrillic, Latin transliteration): the Latin form builds the e-mail address.
+    ru_male: list[tuple[str, str]]
+    ru_female: list[tuple[str, str]]
+    # Masculine forms; each ends in -ов/-ев/-ёв/-ин or -ский so that `_feminine` can derive the other.
+    ru_surnames: list[tuple[str, str]]
+    en_male: list[str]
+    en_female: list[str]
+    en_surnames: list[str]
+    # (city, weight): weights roughly follow population, so Moscow and London dominate as they would.
+    ru_cities: list[tuple[str, int]]
+    en_cities: list[tuple[str, int]]
+    ru_interests: list[str]
+    en_interests: list[str]
+    ru_jobs: list[str]
+    en_jobs: list[str]
+    # Biography templates ({job}, {city}, {interests}, {i1}, {i2}) and post sentences; a topic
+    # ({i}: an interest) ends some posts.
+    ru_bios: tuple[str, ...]
+    en_bios: tuple[str, ...]
+    ru_sentences: tuple[str, ...]
+    ru_topics: tuple[str, ...]
+    en_sentences: tuple[str, ...]
+    en_topics: tuple[str, ...]
+
+
+def _load_vocabulary() -> _Vocabulary:
+    """Read seed_words.json, shipped next to this module as package data; called once, at import.
+
+    Data rather than code: some 600 names, cities and sentences are content that a reader of the
+    generator never needs to scroll past, and editing them touches no logic. The order of each list
+    is part of the output (a generator seeded the same way picks the same indexes), which
+    tests/dev/test_seed.py pins.
+    """
+    raw: dict[str, list[Any]] = json.loads(resources.files("sn.dev").joinpath("seed_words.json").read_text("utf-8"))
+
+    def pairs(key: str) -> list[tuple[str, str]]:
+        return [(str(first), str(second)) for first, second in raw[key]]
+
+    def words(key: str) -> list[str]:
+        return [str(item) for item in raw[key]]
+
+    def weighted(key: str) -> list[tuple[str, int]]:
+        return [(str(name), int(weight)) for name, weight in raw[key]]
+
+    vocabulary = _Vocabulary(
+        ru_male=pairs("ru_male"),
+        ru_female=pairs("ru_female"),
+        ru_surnames=pairs("ru_surnames"),
+        en_male=words("en_male"),
+        en_female=words("en_female"),
+        en_surnames=words("en_surnames"),
+        ru_cities=weighted("ru_cities"),
+        en_cities=weighted("en_cities"),
+        ru_interests=words("ru_interests"),
+        en_interests=words("en_interests"),
+        ru_jobs=words("ru_jobs"),
+        en_jobs=words("en_jobs"),
+        ru_bios=tuple(words("ru_bios")),
+        en_bios=tuple(words("en_bios")),
+        ru_sentences=tuple(words("ru_sentences")),
+        ru_topics=tuple(words("ru_topics")),
+        en_sentences=tuple(words("en_sentences")),
+        en_topics=tuple(words("en_topics")),
+    )
+    # Checked here, where an edit to the file shows up, not as an error deep in a chunk: a user
+    # samples up to 5 interests, a post up to 3 sentences, and every other list is drawn from.
+    least = {"ru_interests": 5, "en_interests": 5, "ru_sentences": 3, "en_sentences": 3}
+    short = [
+        f"{item.name} has {len(getattr(vocabulary, item.name))}"
+        for item in fields(vocabulary)
+        if len(getattr(vocabulary, item.name)) < least.get(item.name, 1)
+    ]
+    if short:
+        raise ValueError(f"sn/dev/seed_words.json: too few entries: {', '.join(short)}")
+    return vocabulary
+
+
+_WORDS = _load_vocabulary()
 
 _BIRTH_FIRST = dt.date(1955, 1, 1).toordinal()
 _BIRTH_SPAN = dt.date(2008, 12, 31).toordinal() - _BIRTH_FIRST
@@ -420,27 +293,27 @@ class _Generator:
 
     def users_chunk(self, start: int, stop: int) -> tuple[list[Record], list[Record]]:
         rnd = self.rnd
-        ru_cities, ru_weights = zip(*_RU_CITIES, strict=True)
-        en_cities, en_weights = zip(*_EN_CITIES, strict=True)
+        ru_cities, ru_weights = zip(*_WORDS.ru_cities, strict=True)
+        en_cities, en_weights = zip(*_WORDS.en_cities, strict=True)
         users: list[Record] = []
         emails: list[Record] = []
         for i in range(start, stop):
             uid = self.user_ids[i]
             male = rnd.random() < 0.5
             if self.russian[i]:
-                first, first_latin = rnd.choice(_RU_MALE if male else _RU_FEMALE)
-                last, last_latin = rnd.choice(_RU_SURNAMES)
+                first, first_latin = rnd.choice(_WORDS.ru_male if male else _WORDS.ru_female)
+                last, last_latin = rnd.choice(_WORDS.ru_surnames)
                 if not male:
                     last, last_latin = _feminine(last), _feminine(last_latin)
                 city = rnd.choices(ru_cities, ru_weights)[0]
-                interests = rnd.sample(_RU_INTERESTS, rnd.randint(1, 5))
-                jobs, bios = _RU_JOBS, _RU_BIOS
+                interests = rnd.sample(_WORDS.ru_interests, rnd.randint(1, 5))
+                jobs, bios = _WORDS.ru_jobs, _WORDS.ru_bios
             else:
-                first = first_latin = rnd.choice(_EN_MALE if male else _EN_FEMALE)
-                last = last_latin = rnd.choice(_EN_SURNAMES)
+                first = first_latin = rnd.choice(_WORDS.en_male if male else _WORDS.en_female)
+                last = last_latin = rnd.choice(_WORDS.en_surnames)
                 city = rnd.choices(en_cities, en_weights)[0]
-                interests = rnd.sample(_EN_INTERESTS, rnd.randint(1, 5))
-                jobs, bios = _EN_JOBS, _EN_BIOS
+                interests = rnd.sample(_WORDS.en_interests, rnd.randint(1, 5))
+                jobs, bios = _WORDS.en_jobs, _WORDS.en_bios
             # One user in ten leaves the biography empty, as real profiles do.
             biography = (
                 None
@@ -553,8 +426,8 @@ class _Generator:
         self.rnd.shuffle(activity)
         self.post_ids = [self.ids.next_id() for _ in range(total)]
         self.post_authors = [activity[int(n * r**1.5)] for r in [rnd() for _ in range(total)]]
-        self.ru_texts = self._text_pool(_RU_SENTENCES, _RU_TOPICS, _RU_INTERESTS)
-        self.en_texts = self._text_pool(_EN_SENTENCES, _EN_TOPICS, _EN_INTERESTS)
+        self.ru_texts = self._text_pool(_WORDS.ru_sentences, _WORDS.ru_topics, _WORDS.ru_interests)
+        self.en_texts = self._text_pool(_WORDS.en_sentences, _WORDS.en_topics, _WORDS.en_interests)
 
     def posts_by_author(self) -> list[list[int]]:
         by_author: list[list[int]] = [[] for _ in range(self.plan.users)]
