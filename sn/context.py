@@ -18,7 +18,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sn.auth import PasswordService, TokenService
-from sn.citus.cluster import HotPromoter, cluster_mode
+from sn.citus.coordinator import cluster_mode
+from sn.citus.hot_users import HotPromoter
 from sn.connections import startup_connection
 from sn.fanout.celebrity import CelebrityActor, QueueRouter
 from sn.fanout.live_settings import CelebritySettings, LiveSettings

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from sn.citus.cluster import InitResult, NodeAddress, address_of_url, init_cluster, parse_node, parse_nodes
+from sn.citus.nodes import NodeAddress, address_of_url, parse_node, parse_nodes
+from sn.citus.provision import InitResult, init_cluster
 
 SETUP_HINT = (
     'start a local cluster with `scripts/citus-local.sh up`, then `eval "$(scripts/citus-local.sh env)"`'

@@ -8,14 +8,17 @@ from typing import Any
 from sanic import Blueprint, HTTPResponse, Request
 
 from sn.api.common import Param, RouteDoc, current_admin, doc, id_param, json_response, path_id, services
-from sn.citus import cluster
+from sn.citus import hot_users
+from sn.citus.coordinator import dedicated_connection
+from sn.citus.errors import ClusterError
+from sn.citus.status import cluster_status as status_report
 from sn.errors import BadRequest, Conflict, NotFound
 
 bp = Blueprint("admin")
 
 # Promotions started over HTTP run to the end even when the response went out before (202):
 # the task holds its own connection, and this set keeps it referenced until it finishes.
-_running: set[asyncio.Task[cluster.HotChange | None]] = set()
+_running: set[asyncio.Task[hot_users.HotChange | None]] = set()
 
 
 @bp.get("/admin/cluster/status")
@@ -30,16 +33,16 @@ async def cluster_status(request: Request) -> HTTPResponse:
     assert app.settings.database_url is not None
     # A connection of its own: the status changes a session setting (the node connection timeout),
     # and pooled connections are handed back without RESET ALL (storage/db.py).
-    async with cluster.dedicated_connection(app.settings.database_url) as conn:
-        status = await cluster.cluster_status(conn, database_url=app.settings.database_url)
+    async with dedicated_connection(app.settings.database_url) as conn:
+        status = await status_report(conn, database_url=app.settings.database_url)
     return json_response(status)
 
 
-async def _change(database_url: str, user_id: int, action: str) -> cluster.HotChange | None:
-    async with cluster.dedicated_connection(database_url) as conn:
+async def _change(database_url: str, user_id: int, action: str) -> hot_users.HotChange | None:
+    async with dedicated_connection(database_url) as conn:
         if action == "promote":
-            return await cluster.promote(conn, user_id)
-        return await cluster.demote(conn, user_id)
+            return await hot_users.promote(conn, user_id)
+        return await hot_users.demote(conn, user_id)
 
 
 @bp.post("/admin/hot-users/<user_id:str>")
@@ -83,9 +86,9 @@ async def hot_user(request: Request, user_id: str) -> HTTPResponse:
             "user_id": str(uid),
         }
         return json_response(body, status=202)
-    except cluster.UnknownUser as exc:
+    except hot_users.UnknownUser as exc:
         raise NotFound("user not found") from exc
-    except cluster.ClusterError as exc:
+    except ClusterError as exc:
         raise Conflict(str(exc)) from exc
     assert change is not None  # the API waits for the cluster lock
     if app.shard_reads is not None:

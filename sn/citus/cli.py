@@ -1,4 +1,4 @@
-"""`sn cluster init|status` and `sn hot promote|demote`: the command-line side of storage/cluster.py."""
+"""`sn cluster init|status` and `sn hot promote|demote`: the command-line side of provision, status and hot_users."""
 
 from __future__ import annotations
 
@@ -45,21 +45,26 @@ def _json_default(value: object) -> str:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from sn.citus import cluster
+    from sn.citus import hot_users
+    from sn.citus.coordinator import dedicated_connection
+    from sn.citus.errors import ClusterError
+    from sn.citus.nodes import address_of_url, parse_node, parse_nodes
+    from sn.citus.provision import init_cluster
+    from sn.citus.status import cluster_status
     from sn.ids import parse_id
 
     if not settings.database_url:
         raise SettingsError("SN_DATABASE_URL is not set (the coordinator, on Citus)")
     try:
-        workers = cluster.parse_nodes(settings.citus_workers)
-        hot_worker = cluster.parse_node(settings.citus_hot_worker) if settings.citus_hot_worker else None
-    except cluster.ClusterError as exc:
+        workers = parse_nodes(settings.citus_workers)
+        hot_worker = parse_node(settings.citus_hot_worker) if settings.citus_hot_worker else None
+    except ClusterError as exc:
         raise SettingsError(f"SN_CITUS_WORKERS / SN_CITUS_HOT_WORKER: {exc}") from exc
-    async with cluster.dedicated_connection(settings.database_url) as conn:
+    async with dedicated_connection(settings.database_url) as conn:
         if args.command == "cluster" and args.cluster_command == "init":
-            result = await cluster.init_cluster(
+            result = await init_cluster(
                 conn,
-                coordinator=cluster.address_of_url(settings.database_url),
+                coordinator=address_of_url(settings.database_url),
                 workers=workers,
                 hot=hot_worker,
             )
@@ -68,16 +73,16 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"  {line}")
             return 0
         if args.command == "cluster":
-            status = await cluster.cluster_status(conn, database_url=settings.database_url)
+            status = await cluster_status(conn, database_url=settings.database_url)
             print(json.dumps(status, indent=2, default=_json_default))
             return 0
         user_id = parse_id(args.user_id)
         if user_id is None:
             raise SettingsError(f"not a valid user id: {args.user_id!r}")
         if args.hot_command == "promote":
-            change = await cluster.promote(conn, user_id, transfer_mode=args.transfer_mode)
+            change = await hot_users.promote(conn, user_id, transfer_mode=args.transfer_mode)
         else:
-            change = await cluster.demote(conn, user_id, transfer_mode=args.transfer_mode)
+            change = await hot_users.demote(conn, user_id, transfer_mode=args.transfer_mode)
         assert change is not None  # promote waits for the lock
         print(f"user {change.user_id}: {change.action} ({change.mode}{', on ' + change.node if change.node else ''})")
         for step in change.steps:
@@ -89,7 +94,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
     from sn import logs
-    from sn.citus.cluster import ClusterError
+    from sn.citus.errors import ClusterError
 
     logs.configure(settings)
     try:

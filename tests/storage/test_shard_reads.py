@@ -1,6 +1,6 @@
 """Shard-aware reads on plain PostgreSQL: Citus's hash, the range lookup, node URLs, and the
 router sending reads to a node's own pool or back to the coordinator. (On a real cluster:
-tests/citus/test_citus.py.)"""
+tests/citus/test_routing.py.)"""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ async def one_shard_node(private_database_url: str, coordinator: asyncpg.Pool) -
     The rows are written to the shards only, so a read answered by the coordinator's tables
     (the real `users`, `posts`) finds nothing: each assertion tells which side answered."""
     if citus_support.rest_on_citus():
-        pytest.skip("dresses plain PostgreSQL as a Citus node; on a real cluster see test_citus.py")
+        pytest.skip("dresses plain PostgreSQL as a Citus node; on a real cluster see tests/citus/test_routing.py")
     parts = urlsplit(private_database_url)
     here = f"{parts.hostname}:{parts.port or 5432}"
     async with coordinator.acquire() as conn:
