@@ -30,7 +30,7 @@ from sn.errors import ApiError, NotFound, ServiceUnavailable
 from sn.loop_monitor import LoopMonitor
 from sn.models import Message, ServerError
 from sn.monitoring_listener import MonitoringListener
-from sn.protocol.actions import CLOSE_GOING_AWAY
+from sn.protocol.connection import CLOSE_GOING_AWAY
 from sn.realtime.socket import CLOSE_TIMEOUT_SECONDS
 from sn.settings import Settings, load_settings
 

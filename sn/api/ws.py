@@ -27,10 +27,8 @@ from sn.api.common import (
 )
 from sn.errors import ApiError, BadRequest, Forbidden, Overloaded, ServiceUnavailable, TooManyRequests, Unauthorized
 from sn.protocol import handshake
-from sn.protocol.actions import Action, SendText
-from sn.protocol.connection import ConnectionState, ConnectionStats, StatsProvider
+from sn.protocol.connection import ConnectionState, ConnectionStats, State, StatsProvider
 from sn.protocol.encoding import Dialect
-from sn.protocol.frames import OP_TEXT, encode_frame
 from sn.realtime.connlimits import ConnectionLimits, Refusal, Slot
 from sn.realtime.hub import Hub
 from sn.realtime.socket import SocketActor
@@ -131,12 +129,14 @@ async def _serve(request: Request, dialect: Dialect) -> None:
         max_frame_bytes=MAX_FRAME_BYTES,
         outbox_capacity=OUTBOX_CAPACITY,
         stats_provider=_stats_provider(hub),
+        state=State.CONNECTING,
     )
     actor = CountedSocket(transport, request.ctx.ws_user, state, hub, max_message_bytes=MAX_FRAME_BYTES)
     actor.counted(app.conn_limits, slot)
-    # The 101 and the welcome frame in one write: one syscall and one packet per handshake.
-    welcome = b"".join(encode_frame(OP_TEXT, action.payload) for action in _replies(state.welcome(time.time())))
-    transport.write(response + welcome)
+    # The 101 and the welcome frame come out as one item: one syscall and one packet per handshake.
+    state.accept(response, time.time())
+    for data in state.data_to_send():
+        transport.write(data)
     _take_over(request, http, actor)
     since = request.ctx.ws_since
     if since is not None:
@@ -192,10 +192,6 @@ def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
     transport.resume_reading()
     if leftover:
         actor.data_received(leftover)
-
-
-def _replies(actions: list[Action]) -> list[SendText]:
-    return [action for action in actions if isinstance(action, SendText)]
 
 
 def _stats_provider(hub: Hub) -> StatsProvider:

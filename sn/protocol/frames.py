@@ -264,7 +264,11 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return header + payload
 
 
-def close_frame(code: int, reason: str) -> bytes:
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; ``CLOSE_NO_STATUS`` makes one without a code (how a close that carried
+    none is echoed, RFC 6455 5.5.1)."""
+    if code == CLOSE_NO_STATUS:
+        return encode_frame(OP_CLOSE, b"")
     # The whole control payload is at most 125 bytes; cut the reason on a character boundary.
     encoded = reason.encode()[:123].decode(errors="ignore").encode()
     return encode_frame(OP_CLOSE, code.to_bytes(2, "big") + encoded)

@@ -1,17 +1,20 @@
 """The connection actor: one per WebSocket, the thin adapter around two sans-I/O cores.
 
-``ConnectionState`` decides what to say (replies, events, closes); ``FrameReader`` turns bytes
-into client frames. This class is the ``asyncio.Protocol`` the transport calls once the
-upgrade is done (`sn.api.ws` hands the socket over from Sanic's HTTP protocol), so an idle
-socket costs a transport and a few small objects: no task, no event, no per-socket timer.
+``ConnectionState`` decides what to say (replies, events, closes) and hands it over as bytes for
+the wire (``data_to_send``); ``FrameReader`` turns bytes into client frames. This class is the
+``asyncio.Protocol`` the transport calls once the upgrade is done (`sn.api.ws` hands the socket
+over from Sanic's HTTP protocol), so an idle socket costs a transport and a few small objects:
+no task, no event, no per-socket timer.
 
-- Deliveries come from the router synchronously. When the socket can take them they are
-  written at once (the fan-out case: one prebuilt frame per event, see ``wire_frame``); while
-  the transport has paused writing they wait in the state's bounded outbox, and a full outbox
-  closes the connection as a slow consumer (4008).
+- After every input the socket writes what ``data_to_send`` returns (``_send``). Deliveries come
+  from the router synchronously and are written at once when the socket can take them (the
+  fan-out case: one prebuilt frame per event, see ``wire_frame``); while the transport has
+  paused writing they wait in the state's bounded outbox, and a full outbox closes the
+  connection as a slow consumer (4008). A close frame is written whatever the pause.
 - Client frames are taken one at a time and stop being taken while writing is paused, so a
   client that sends without reading cannot make replies pile up here.
-- Closing follows RFC 6455: a close frame, then the peer's answer or a timer that aborts.
+- Closing follows RFC 6455: once the state is CLOSING (its close frame written), the peer's
+  answer or a timer that aborts. Ping and pong frames are written here, not by the state.
 - Keepalive pings come from one sweep per worker (``Hub.keepalive_loop``) calling ``keepalive``.
 """
 
@@ -23,22 +26,17 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from sn.protocol.actions import Action, Close, SendText
-from sn.protocol.connection import ConnectionState
+from sn.protocol.connection import ConnectionState, State
 from sn.protocol.encoding import PayloadCache
 from sn.protocol.frames import (
-    CLOSE_NO_STATUS,
     OP_PING,
     OP_PONG,
-    OP_TEXT,
     CloseFrame,
     Failure,
     FrameReader,
     Message,
     PingFrame,
-    close_frame,
     encode_frame,
-    wire_frame,
 )
 from sn.protocol.messages import Event
 from sn.protocol.resync import Resync
@@ -111,7 +109,7 @@ class SocketActor(asyncio.Protocol):
         self._yielding = False  # frames left over for the next loop iteration (FRAMES_PER_TURN)
         self._window_start = 0.0  # inbound bytes are counted per one-second window
         self._window_bytes = 0
-        self._close_sent = False
+        self._close_sent = False  # the state's close frame was seen through (written, timer armed)
         self._abort_timer: asyncio.TimerHandle | None = None
         self.last_heard = time.monotonic()
         self.ping_sent_at = 0.0  # 0: no keepalive ping outstanding
@@ -143,7 +141,7 @@ class SocketActor(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._flush()
+        self._send()
         self._take_frames()
         if not self._paused and not self._yielding and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -152,7 +150,7 @@ class SocketActor(asyncio.Protocol):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
-        self.state.close(1006, "connection lost")
+        self.state.connection_lost()
         self.owner.remove(self)
 
     # -- client frames ------------------------------------------------------------------------
@@ -176,9 +174,10 @@ class SocketActor(asyncio.Protocol):
             if self._over_budget():
                 return
             if isinstance(item, Message):
-                self._perform(self.state.received_text(item.data))
+                self.state.receive_text(item.data)
+                self._send()
             elif isinstance(item, PingFrame):
-                if not self._close_sent:
+                if self.state.state is State.OPEN:
                     self.transport.write(encode_frame(OP_PONG, item.payload))
             elif isinstance(item, CloseFrame):
                 self._peer_closed(item)
@@ -204,12 +203,37 @@ class SocketActor(asyncio.Protocol):
         if not self._yielding and not self._paused:
             self.transport.resume_reading()
 
-    def _perform(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, SendText):
-                self.transport.write(encode_frame(OP_TEXT, action.payload))
-            else:
-                self._closing([action])
+    # -- the state's output ----------------------------------------------------------------------
+
+    def _send(self) -> None:
+        """Write what the state has for the wire; once it is CLOSING, see the close through."""
+        state = self.state
+        events = state.pending_events
+        data = state.data_to_send()
+        transport = self.transport
+        if data and not transport.is_closing():
+            write = transport.write
+            for chunk in data:
+                write(chunk)
+            if events:
+                self.owner.count_delivered(events)
+        if state.state is State.CLOSING and not self._close_sent:
+            self._close_sent = True
+            if state.slow_consumer:
+                self.owner.slow_consumer_closed()
+            if transport.is_closing():
+                return
+            self._arm_abort()
+            if self._paused:
+                # The peer is not reading: its answer will not come before the timer, and
+                # frames it sends meanwhile are of no use.
+                transport.close()
+
+    def _send_unless_paused(self) -> None:
+        # While writing is paused events wait in the outbox; a close frame (the state is no
+        # longer OPEN then, and the outbox holds nothing else) goes out at once.
+        if not self._paused or self.state.state is not State.OPEN:
+            self._send()
 
     # -- deliveries -----------------------------------------------------------------------------
 
@@ -221,27 +245,12 @@ class SocketActor(asyncio.Protocol):
             else:
                 self._held_dropped = True
             return
-        actions = self.state.deliver(event, payloads)
-        if actions:
-            self._closing(actions)
-        elif not self._paused:
-            self._flush()
-
-    def _flush(self) -> None:
-        frames = self.state.frames_to_send()
-        if not frames or self._close_sent:
-            return
-        write = self.transport.write
-        for frame in frames:
-            write(wire_frame(frame))
-        self.owner.count_delivered(len(frames))
+        self.state.deliver(event, payloads)
+        self._send_unless_paused()
 
     def replay(self, since: int, missed: Sequence[Event] | Resync) -> None:
-        actions = self.state.replay(since, missed, PayloadCache())
-        if actions:
-            self._closing(actions)
-        elif not self._paused:
-            self._flush()
+        self.state.replay(since, missed, PayloadCache())
+        self._send_unless_paused()
 
     def resync(self, message: str) -> None:
         """Tell the client to refetch its feed; its cursor stays (later ids are higher)."""
@@ -266,44 +275,21 @@ class SocketActor(asyncio.Protocol):
     # -- closing ----------------------------------------------------------------------------------
 
     def shutdown(self, code: int, reason: str) -> None:
-        self._closing(self.state.close(code, reason))
-
-    def _closing(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Close):
-                if self.state.slow_consumer:
-                    self.owner.slow_consumer_closed()
-                self._send_close(action.code, action.reason)
-
-    def _send_close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the peer's close frame (or the timer) ends it."""
-        if self._close_sent or self.transport.is_closing():
-            return
-        self._close_sent = True
-        self.transport.write(close_frame(code, reason))
-        self._arm_abort()
-        if self._paused:
-            # The peer is not reading: its answer will not come before the timer, and frames
-            # it sends meanwhile are of no use.
-            self.transport.close()
+        self.state.send_close(code, reason)
+        self._send()
 
     def _peer_closed(self, frame: CloseFrame) -> None:
-        self.state.close(1000, "closed by the client")
-        if not self._close_sent:
-            self._close_sent = True
-            # Echo the code (RFC 6455 5.5.1); a close without one is answered without one.
-            payload = b"" if frame.code == CLOSE_NO_STATUS else frame.code.to_bytes(2, "big")
-            self.transport.write(encode_frame(0x8, payload))
+        self.state.receive_close(frame)  # echoed unless we had sent our close already
+        self._send()
         # The server closes the TCP connection first (RFC 6455 7.1.1).
         self.transport.close()
         self._arm_abort()
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): a close frame if possible, then drop it."""
-        self.state.close(code, reason)
-        if not self._close_sent and not self.transport.is_closing():
-            self._close_sent = True
-            self.transport.write(close_frame(code, reason))
+        self.state.send_close(code, reason)
+        self._send()
         self.transport.close()
         self._arm_abort()
 
@@ -319,7 +305,7 @@ class SocketActor(asyncio.Protocol):
     def keepalive(self, now: float, interval: float, timeout: float, *, may_ping: bool = True) -> bool:
         """Called by the hub's sweep (``now`` from time.monotonic): ping a quiet peer, drop a dead
         one. Returns whether it pinged; ``may_ping`` False (the sweep's budget is spent) defers it."""
-        if self._close_sent or self.transport.is_closing():
+        if self.state.state is not State.OPEN or self.transport.is_closing():
             return False
         if self.ping_sent_at:
             if now - self.ping_sent_at >= timeout:

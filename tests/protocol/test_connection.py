@@ -6,16 +6,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from sn.protocol.actions import (
+from sn.protocol.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_SLOW_CONSUMER,
-    Action,
-    Close,
-    SendText,
+    ConnectionState,
+    ConnectionStats,
+    InvalidState,
+    State,
 )
-from sn.protocol.connection import ConnectionState, ConnectionStats
 from sn.protocol.encoding import Dialect, PayloadCache
+from sn.protocol.frames import CLOSE_NO_STATUS, OP_CLOSE, OP_TEXT, CloseFrame
 from sn.protocol.messages import Event
 from sn.protocol.resync import Resync
 
@@ -47,41 +48,81 @@ def make(**kwargs: Any) -> tuple[ConnectionState, FakeClock]:
     return ConnectionState(clock=clock, **kwargs), clock
 
 
-def reply(actions: list[Action]) -> dict[str, Any]:
-    """The single JSON reply in ``actions``."""
-    assert len(actions) == 1, actions
-    action = actions[0]
-    assert isinstance(action, SendText), action
-    result: dict[str, Any] = msgspec.json.decode(action.payload)
-    return result
+def unframe(data: bytes) -> list[tuple[int, bytes]]:
+    """Split server frames (final, unmasked: RFC 6455 5.2) into (opcode, payload)."""
+    frames = []
+    while data:
+        assert data[0] & 0xF0 == 0x80, data[:2]  # final, no reserved bits
+        assert not data[1] & 0x80, data[:2]  # unmasked
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        frames.append((data[0] & 0x0F, data[start : start + length]))
+        data = data[start + length :]
+    return frames
+
+
+def output(conn: ConnectionState) -> list[tuple[int, bytes]]:
+    """Every frame ``data_to_send`` hands out now, in order."""
+    return [frame for item in conn.data_to_send() for frame in unframe(item)]
 
 
 def sent(conn: ConnectionState) -> list[dict[str, Any]]:
-    return [msgspec.json.decode(frame) for frame in conn.frames_to_send()]
+    """The JSON messages ``data_to_send`` hands out now (text frames only, in order)."""
+    frames = output(conn)
+    assert all(opcode == OP_TEXT for opcode, _ in frames), frames
+    return [msgspec.json.decode(payload) for _, payload in frames]
+
+
+def reply(conn: ConnectionState) -> dict[str, Any]:
+    """The single JSON message ``conn`` has to send."""
+    (message,) = sent(conn)
+    return message
+
+
+def closed_with(conn: ConnectionState) -> tuple[int, str]:
+    """What the close frame that ``data_to_send`` hands out (as its last item) says."""
+    *_, (opcode, payload) = output(conn)
+    assert opcode == OP_CLOSE
+    return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+def handshake(conn: ConnectionState, now: float) -> tuple[bytes, list[dict[str, Any]]]:
+    """``accept`` with a stand-in response: what comes out (response, then JSON messages)."""
+    response = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+    conn.accept(response, now)
+    (item,) = conn.data_to_send()  # the response and the welcome: one write
+    assert item.startswith(response)
+    return response, [msgspec.json.decode(payload) for _, payload in unframe(item[len(response) :])]
 
 
 # ------------------------------------------------------------------ client frames
 
 
-def test_welcome_message() -> None:
-    conn, _ = make()
-    assert reply(conn.welcome(now=1234.5)) == {
-        "type": "system",
-        "data": {"message": "Connected successfully", "timestamp": 1234.5},
-    }
+def test_welcome_message_follows_the_handshake_response() -> None:
+    conn, _ = make(state=State.CONNECTING)
+    _, messages = handshake(conn, now=1234.5)
+    assert messages == [{"type": "system", "data": {"message": "Connected successfully", "timestamp": 1234.5}}]
+    assert conn.state is State.OPEN
+    assert conn.stats().messages_sent == 1
 
 
 def test_ping_gets_pong_with_current_timestamp() -> None:
     conn, clock = make()
     clock.now = 2000.25
-    assert reply(conn.received_text('{"type":"ping"}')) == {"type": "pong", "data": {"timestamp": 2000.25}}
+    conn.receive_text('{"type":"ping"}')
+    assert reply(conn) == {"type": "pong", "data": {"timestamp": 2000.25}}
 
 
 def test_get_stats_reports_this_connections_counters() -> None:
     conn, _ = make(connected_at=10.0)
-    conn.received_text('{"type":"ping"}')
+    conn.receive_text('{"type":"ping"}')
     conn.deliver(ev(1))
-    frame = reply(conn.received_text(b'{"type":"get_stats"}'))
+    conn.receive_text(b'{"type":"get_stats"}')
+    pong, event, frame = sent(conn)  # in the order they were produced
+    assert (pong["type"], event["event_id"]) == ("pong", 1)
     assert frame["type"] == "stats"
     assert frame["data"] == {
         "connected_at": 10.0,
@@ -101,7 +142,8 @@ def test_get_stats_uses_the_provider_to_merge_cluster_counts() -> None:
         return {"messages_received": stats.messages_received, "cluster_connections": 42}
 
     conn, _ = make(stats_provider=provider)
-    frame = reply(conn.received_text('{"type":"get_stats"}'))
+    conn.receive_text('{"type":"get_stats"}')
+    frame = reply(conn)
     assert frame["data"] == {"messages_received": 1, "cluster_connections": 42}
     assert len(seen) == 1
 
@@ -117,23 +159,25 @@ def test_get_stats_uses_the_provider_to_merge_cluster_counts() -> None:
 )
 def test_bad_frames_get_an_error_and_the_connection_stays_open(raw: str, message: str) -> None:
     conn, _ = make()
-    assert reply(conn.received_text(raw)) == {"type": "error", "data": {"message": message}}
-    assert not conn.closed
-    assert reply(conn.received_text('{"type":"ping"}'))["type"] == "pong"
+    conn.receive_text(raw)
+    assert reply(conn) == {"type": "error", "data": {"message": message}}
+    assert conn.state is State.OPEN
+    conn.receive_text('{"type":"ping"}')
+    assert reply(conn)["type"] == "pong"
 
 
 def test_oversized_frame_closes_with_1009_and_silences_the_connection() -> None:
     conn, _ = make(max_frame_bytes=32)
     conn.deliver(ev(1))
-    assert conn.received_text(b'{"type":"ping","pad":"' + b"x" * 32 + b'"}') == [
-        Close(CLOSE_MESSAGE_TOO_BIG, "message too big")
-    ]
-    assert conn.closed
-    assert conn.close_action == Close(1009, "message too big")
-    assert conn.pending == 0  # queued frames are dropped on close
-    assert conn.received_text('{"type":"ping"}') == []
-    assert conn.deliver(ev(2)) == []
-    assert conn.welcome(now=0.0) == []
+    conn.receive_text(b'{"type":"ping","pad":"' + b"x" * 32 + b'"}')
+    assert conn.state is State.CLOSING
+    assert conn.close_sent == CloseFrame(CLOSE_MESSAGE_TOO_BIG, "message too big")
+    assert output(conn) == [(OP_CLOSE, (1009).to_bytes(2, "big") + b"message too big")]  # the event is dropped
+    conn.receive_text('{"type":"ping"}')
+    conn.deliver(ev(2))
+    assert conn.data_to_send() == []
+    with pytest.raises(InvalidState):
+        conn.accept(b"", now=0.0)
 
 
 def test_frame_size_is_measured_in_utf8_bytes() -> None:
@@ -141,11 +185,13 @@ def test_frame_size_is_measured_in_utf8_bytes() -> None:
     ascii_frame = '{"type":"ping","p":"' + "a" * (limit - 22) + '"}'
     assert len(ascii_frame) == limit
     conn, _ = make(max_frame_bytes=limit)
-    assert reply(conn.received_text(ascii_frame))["type"] == "pong"
+    conn.receive_text(ascii_frame)
+    assert reply(conn)["type"] == "pong"
     # Same character count, but "é" is two bytes in UTF-8.
     wide_frame = '{"type":"ping","p":"' + "é" * (limit - 22) + '"}'
     assert len(wide_frame) == limit
-    assert conn.received_text(wide_frame) == [Close(1009, "message too big")]
+    conn.receive_text(wide_frame)
+    assert closed_with(conn) == (1009, "message too big")
 
 
 # ------------------------------------------------------------------ server events
@@ -153,9 +199,9 @@ def test_frame_size_is_measured_in_utf8_bytes() -> None:
 
 def test_events_are_queued_for_the_writer_in_seed_dialect() -> None:
     conn, _ = make()
-    assert conn.deliver(ev(1)) == []
-    assert conn.deliver(ev(2, "post_deleted")) == []
-    assert conn.pending == 2
+    conn.deliver(ev(1))
+    conn.deliver(ev(2, "post_deleted"))
+    assert conn.pending_events == 2
     assert sent(conn) == [
         {
             "type": "post_created",
@@ -169,7 +215,8 @@ def test_events_are_queued_for_the_writer_in_seed_dialect() -> None:
         },
         {"type": "post_deleted", "event_id": 2, "data": {"post_id": "p2", "author_user_id": "author"}},
     ]
-    assert conn.pending == 0
+    assert conn.pending_events == 0
+    assert conn.data_to_send() == []
 
 
 def test_events_in_otus_dialect() -> None:
@@ -186,14 +233,15 @@ def test_events_in_otus_dialect() -> None:
 
 def test_no_welcome_on_the_otus_channel() -> None:
     # Every message a spec-following client receives unasked is a Post.
-    conn, _ = make(dialect=Dialect.OTUS)
-    assert conn.welcome(now=1.0) == []
+    conn, _ = make(dialect=Dialect.OTUS, state=State.CONNECTING)
+    assert handshake(conn, now=1.0)[1] == []
+    assert conn.stats().messages_sent == 0
 
 
 def test_duplicate_and_older_events_are_dropped() -> None:
     conn, _ = make()
     for event_id in (1, 2, 2, 1, 3, 3):
-        assert conn.deliver(ev(event_id)) == []
+        conn.deliver(ev(event_id))
     assert [f["event_id"] for f in sent(conn)] == [1, 2, 3]
     assert conn.stats().duplicates_dropped == 3
     assert conn.last_event_id == 3
@@ -220,22 +268,35 @@ def test_shared_payload_cache_across_connections() -> None:
     assert sent(otus)[0]["postId"] == "p1"
 
 
+def test_recipients_of_one_event_share_one_wire_frame() -> None:
+    # The fan-out's fast path: built once per event and dialect, not per socket.
+    cache = PayloadCache()
+    conns = [make()[0] for _ in range(3)]
+    for conn in conns:
+        conn.deliver(ev(5), cache)
+    first, second, third = (conn.data_to_send()[0] for conn in conns)
+    assert first is second is third
+
+
 def test_slow_consumer_is_closed_with_4008_and_flagged() -> None:
     conn, _ = make(outbox_capacity=2)
-    assert conn.deliver(ev(1)) == []
-    assert conn.deliver(ev(2)) == []
-    assert conn.deliver(ev(3)) == [Close(CLOSE_SLOW_CONSUMER, "slow consumer")]
+    conn.deliver(ev(1))
+    conn.deliver(ev(2))
+    assert not conn.slow_consumer
+    conn.deliver(ev(3))
     assert conn.slow_consumer
-    assert conn.closed
-    assert conn.frames_to_send() == []
-    assert conn.deliver(ev(4)) == []  # no second Close
+    assert conn.state is State.CLOSING
+    assert conn.close_sent == CloseFrame(CLOSE_SLOW_CONSUMER, "slow consumer")
+    assert output(conn) == [(OP_CLOSE, (4008).to_bytes(2, "big") + b"slow consumer")]  # the queued two are dropped
+    conn.deliver(ev(4))
+    assert conn.data_to_send() == []  # no second close
 
 
 def test_a_writer_that_keeps_up_is_never_closed() -> None:
     conn, _ = make(outbox_capacity=2)
     for event_id in range(1, 50):
-        assert conn.deliver(ev(event_id)) == []
-        assert len(conn.frames_to_send()) == 1
+        conn.deliver(ev(event_id))
+        assert len(conn.data_to_send()) == 1
     assert not conn.slow_consumer
 
 
@@ -244,7 +305,7 @@ def test_a_writer_that_keeps_up_is_never_closed() -> None:
 
 def test_replay_queues_missed_events_and_then_live_duplicates_are_dropped() -> None:
     conn, _ = make()
-    assert conn.replay(2, [ev(i) for i in range(3, 6)]) == []
+    conn.replay(2, [ev(i) for i in range(3, 6)])
     conn.deliver(ev(5))  # racing live copy of a replayed event
     conn.deliver(ev(6))
     assert [f["event_id"] for f in sent(conn)] == [3, 4, 5, 6]
@@ -252,9 +313,9 @@ def test_replay_queues_missed_events_and_then_live_duplicates_are_dropped() -> N
 
 def test_replay_sets_cursor_even_with_nothing_missed() -> None:
     conn, _ = make()
-    assert conn.replay(7, []) == []
+    conn.replay(7, [])
     conn.deliver(ev(7))
-    assert conn.pending == 0
+    assert conn.data_to_send() == []
     assert conn.last_event_id == 7
 
 
@@ -275,8 +336,8 @@ def test_replay_of_a_resync_sends_resync_frame() -> None:
 
 def test_replay_larger_than_outbox_becomes_resync_not_a_close() -> None:
     conn, _ = make(outbox_capacity=3)
-    assert conn.replay(0, [ev(i) for i in range(1, 6)]) == []
-    assert not conn.closed
+    conn.replay(0, [ev(i) for i in range(1, 6)])
+    assert conn.state is State.OPEN
     (frame,) = sent(conn)
     assert frame["type"] == "resync"
     assert (frame["data"]["since"], frame["data"]["oldest_available"]) == (0, 1)
@@ -287,6 +348,98 @@ def test_replay_larger_than_outbox_becomes_resync_not_a_close() -> None:
 
 def test_server_close_is_idempotent() -> None:
     conn, _ = make()
-    assert conn.close() == [Close(CLOSE_GOING_AWAY, "server shutting down")]
-    assert conn.close(4000, "again") == []
-    assert conn.close_action == Close(1001, "server shutting down")
+    conn.send_close()
+    assert closed_with(conn) == (CLOSE_GOING_AWAY, "server shutting down")
+    conn.send_close(4000, "again")
+    assert conn.data_to_send() == []
+    assert conn.close_sent == CloseFrame(1001, "server shutting down")
+
+
+# ------------------------------------------------------------------ states
+
+
+def test_states_from_connecting_to_closed() -> None:
+    conn, _ = make(state=State.CONNECTING)
+    conn.deliver(ev(1))  # nothing is sent before the handshake's answer
+    conn.receive_text('{"type":"ping"}')
+    assert conn.data_to_send() == []
+    handshake(conn, now=1.0)
+    assert conn.state is State.OPEN
+    conn.deliver(ev(2))
+    conn.send_close(1001, "bye")
+    assert conn.state is State.CLOSING
+    assert output(conn) == [(OP_CLOSE, (1001).to_bytes(2, "big") + b"bye")]  # the event never read
+    conn.receive_close(CloseFrame(1001, ""))  # the client's answer: nothing more to send
+    assert conn.data_to_send() == []
+    assert (conn.state, conn.close_rcvd) == (State.CLOSING, CloseFrame(1001, ""))
+    conn.connection_lost()
+    assert conn.state is State.CLOSED
+    conn.send_close()
+    conn.deliver(ev(3))
+    assert conn.data_to_send() == []
+
+
+def test_a_client_close_is_echoed_with_its_code() -> None:
+    conn, _ = make()
+    conn.deliver(ev(1))
+    conn.receive_close(CloseFrame(1000, "bye"))
+    assert conn.state is State.CLOSING
+    assert conn.close_sent == CloseFrame(1000, "")
+    assert output(conn) == [(OP_CLOSE, (1000).to_bytes(2, "big"))]
+    conn.receive_text('{"type":"ping"}')  # after the close, messages are not answered
+    assert conn.data_to_send() == []
+
+
+def test_a_client_close_without_a_code_is_echoed_without_one() -> None:
+    conn, _ = make()
+    conn.receive_close(CloseFrame(CLOSE_NO_STATUS, ""))
+    assert output(conn) == [(OP_CLOSE, b"")]
+
+
+def test_connection_lost_drops_what_was_queued() -> None:
+    conn, _ = make()
+    conn.deliver(ev(1))
+    conn.connection_lost()
+    assert conn.state is State.CLOSED
+    assert conn.close_sent is None  # no close frame was sent
+    assert (conn.data_to_send(), conn.pending_events) == ([], 0)
+    assert not conn.outbox.allocated
+
+
+def test_accept_only_once_and_only_while_connecting() -> None:
+    conn, _ = make()
+    with pytest.raises(InvalidState):
+        conn.accept(b"", now=1.0)
+    connecting, _ = make(state=State.CONNECTING)
+    handshake(connecting, now=1.0)
+    with pytest.raises(InvalidState):
+        connecting.accept(b"", now=1.0)
+
+
+def test_a_reply_that_finds_the_outbox_full_closes_as_a_slow_consumer() -> None:
+    # The adapter takes no client frame while writing is paused, so it never gets here; if it
+    # did, the client would not be reading its events either.
+    conn, _ = make(outbox_capacity=1)
+    conn.deliver(ev(1))
+    conn.receive_text('{"type":"ping"}')
+    assert conn.slow_consumer
+    assert closed_with(conn) == (CLOSE_SLOW_CONSUMER, "slow consumer")
+
+
+def test_pending_events_counts_events_and_resyncs_not_replies() -> None:
+    conn, _ = make()
+    conn.receive_text('{"type":"ping"}')
+    conn.deliver(ev(1))
+    conn.replay(1, Resync(since=1, oldest_available=None))
+    assert conn.pending_events == 2
+    assert len(conn.data_to_send()) == 3
+    assert conn.pending_events == 0
+
+
+def test_an_idle_connection_holds_no_outbox_storage() -> None:
+    conn, _ = make()
+    assert not conn.outbox.allocated
+    conn.deliver(ev(1))
+    assert conn.outbox.allocated
+    conn.data_to_send()
+    assert not conn.outbox.allocated

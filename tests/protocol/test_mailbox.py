@@ -78,3 +78,34 @@ def test_repr_shows_fill_and_state() -> None:
     assert repr(box) == "<Mailbox 1/2 open>"
     box.close()
     assert repr(box) == "<Mailbox 1/2 closed>"
+
+
+def test_an_empty_mailbox_holds_no_storage() -> None:
+    # An idle socket's outbox: nothing allocated until the first offer, and nothing kept once
+    # drained or cleared (sn.protocol.mailbox, "Lazy storage").
+    box: Mailbox[int] = Mailbox(4)
+    assert not box.allocated
+    assert box.drain() == []
+    assert not box.allocated
+    box.offer(1)
+    box.offer(2)
+    assert box.allocated
+    assert box.drain(1) == [1]
+    assert box.allocated  # one item left
+    assert box.drain() == [2]
+    assert not box.allocated
+    box.offer(3)
+    box.clear()
+    assert not box.allocated
+    box.close()
+    assert not box.offer(4)
+    assert not box.allocated  # a refused offer allocates nothing
+
+
+def test_a_full_drain_hands_over_the_storage() -> None:
+    box: Mailbox[int] = Mailbox(4)
+    box.offer(1)
+    batch = box.drain()
+    box.offer(2)
+    assert batch == [1]  # the next offer starts a new list, the batch handed out stays as it was
+    assert box.drain() == [2]

@@ -18,6 +18,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from sn.protocol.connection import ConnectionState
+from sn.protocol.connection import State as ConnectionStatus  # websockets' State is the client's here
 from sn.protocol.encoding import Dialect, PayloadCache
 from sn.protocol.messages import Event
 from sn.realtime import socket as socket_module
@@ -142,7 +143,9 @@ async def test_a_client_close_is_answered_and_the_socket_leaves_the_hub(
     assert peer.protocol.close_rcvd.code == 1000
     await asyncio.sleep(0.05)
     assert hub.connections == 0
-    assert actor.state.closed
+    assert actor.state.state is ConnectionStatus.CLOSED
+    assert actor.state.close_rcvd is not None
+    assert actor.state.close_rcvd.code == 1000
 
 
 async def test_a_protocol_violation_fails_the_connection(connect: Callable[..., object]) -> None:
@@ -164,6 +167,7 @@ async def test_an_oversized_message_is_refused_with_1009(connect: Callable[..., 
 async def test_server_close_waits_for_the_peer_and_keeps_the_code(connect: Callable[..., object], hub: Hub) -> None:
     actor, peer = await connect()  # type: ignore[misc]
     actor.shutdown(1001, "server shutting down")
+    assert actor.state.state is ConnectionStatus.CLOSING
     (frame,) = await peer.frames(1)
     assert frame.opcode is Opcode.CLOSE
     assert not actor.transport.is_closing()  # waiting for the client's half of the handshake
@@ -173,6 +177,7 @@ async def test_server_close_waits_for_the_peer_and_keeps_the_code(connect: Calla
     assert (peer.protocol.close_rcvd.code, peer.protocol.close_rcvd.reason) == (1001, "server shutting down")
     await asyncio.sleep(0.05)
     assert hub.connections == 0
+    assert actor.state.state is ConnectionStatus.CLOSED
 
 
 async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(
@@ -181,10 +186,10 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(
     actor, peer = await connect(capacity=8)  # type: ignore[misc]
     big = "p" * 8000
     sent = 0
-    while not actor.state.closed and sent < 1000:  # the kernel buffers and 64 KiB, then the outbox
+    while actor.state.state is ConnectionStatus.OPEN and sent < 1000:  # the kernel buffers and 64 KiB, then the outbox
         sent += 1
         actor.deliver(_event(sent, big), PayloadCache())
-    assert actor.state.closed
+    assert actor.state.state is ConnectionStatus.CLOSING
     assert actor.state.slow_consumer
     assert hub.slow_consumer_closes == 1
     # Bounded: what the transport holds is its high-water mark plus a few frames, no more.
@@ -255,10 +260,6 @@ async def test_keepalive_pings_a_quiet_peer_and_drops_a_dead_one(connect: Callab
 
 
 # -- delivery order across a replay (state only: no bytes leave the actor while events are held)
-
-
-def _queued_types(actor: SocketActor) -> list[str]:
-    return [orjson.loads(frame)["type"] for frame in actor.state.frames_to_send()]
 
 
 async def test_events_held_during_a_replay_follow_it_in_order(connect: Callable[..., object]) -> None:
