@@ -121,6 +121,7 @@ class ConnectionState:
         "_events_pending",
         "_last_event_id",
         "_received",
+        "_replayed",
         "_sent",
         "_stats_provider",
         "close_rcvd",
@@ -159,6 +160,8 @@ class ConnectionState:
         self._sent = 0
         self._delivered = 0
         self._duplicates = 0
+        # What this connection's replay delivered, by content: None until it replays (see deliver).
+        self._replayed: set[tuple[str, str, str | None]] | None = None
         self._events_pending = 0
         self.close_sent: CloseFrame | None = None
         """The close frame queued by this side (code and reason), once CLOSING."""
@@ -251,6 +254,12 @@ class ConnectionState:
             # events) is expected; the cursor makes it idempotent.
             self._duplicates += 1
             return
+        if self._replayed is not None and (event.type, event.post_id, event.post_text) in self._replayed:
+            # A post logged more than once (a celebrity's: at the start of its fan-out and with
+            # each batch of followers, every entry under an id of its own) reaches a client that
+            # replayed one entry again live, under a later id; by content it is the same event.
+            self._duplicates += 1
+            return
         outbox = self.outbox
         if outbox.full:
             # Checked before encoding: no point building a frame we will drop.
@@ -291,6 +300,12 @@ class ConnectionState:
             return
         for event in fresh:
             self.deliver(event, payloads)
+        if fresh:
+            # At most an outbox's worth (checked above), kept while the connection lives: a live copy
+            # can come as late as the last batch of a throttled fan-out.
+            replayed = self._replayed if self._replayed is not None else set()
+            replayed.update((event.type, event.post_id, event.post_text) for event in fresh)
+            self._replayed = replayed
 
     def send_close(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         """Start the closing handshake (e.g. shutdown, a failed setup): OPEN -> CLOSING.

@@ -311,6 +311,32 @@ def test_replay_queues_missed_events_and_then_live_duplicates_are_dropped() -> N
     assert [f["event_id"] for f in sent(conn)] == [3, 4, 5, 6]
 
 
+def test_a_replayed_post_arriving_again_live_under_a_later_id_is_dropped() -> None:
+    # A celebrity post is in the log more than once (its fan-out logs it, then each batch): the
+    # replay gives the client one copy, and the batch that holds the client comes later, live.
+    conn, _ = make()
+    replayed = ev(3)
+    conn.replay(2, [replayed])
+    again = msgspec.structs.replace(replayed, event_id=9)
+    conn.deliver(again)
+    edited = msgspec.structs.replace(replayed, event_id=10, type="post_updated", post_text="edited")
+    conn.deliver(edited)  # a different event about the same post still arrives
+    conn.deliver(ev(11))
+    assert [(f["event_id"], f["type"]) for f in sent(conn)] == [
+        (3, "post_created"),
+        (10, "post_updated"),
+        (11, "post_created"),
+    ]
+    assert conn.stats().duplicates_dropped == 1
+
+
+def test_without_a_replay_no_content_check_is_made() -> None:
+    conn, _ = make()
+    conn.deliver(ev(3))
+    conn.deliver(msgspec.structs.replace(ev(3), event_id=4))  # (only a replay arms the check)
+    assert [f["event_id"] for f in sent(conn)] == [3, 4]
+
+
 def test_replay_sets_cursor_even_with_nothing_missed() -> None:
     conn, _ = make()
     conn.replay(7, [])
