@@ -87,6 +87,11 @@ class CelebrityActor:
         settings = await self._live.refresh()
         started = time.time()
         await self._feed.apply(event, followers=None)  # pull on read: only the author's own list
+        body = realtime_body(event)
+        # Logged before the online followers are read: one who comes online after that read
+        # (and so is in no batch) replays it from the log. One who is in both gets it once (the
+        # socket drops a replayed post arriving again live, the replay gives each post once).
+        await self._eventlog.route(body, event.author_id, {})
         online = await self._online_followers(event.author_id)
         # Worker by worker in turn, so every batch spreads its deliveries over the workers.
         pairs = [
@@ -96,7 +101,6 @@ class CelebrityActor:
             if pair is not None
         ]
         job = f"{event.type}:{event.post_id}"
-        body = realtime_body(event)
         progress = {
             "author_id": str(event.author_id),
             "post_id": str(event.post_id),

@@ -235,8 +235,12 @@ class EventLog:
         if callable(authors):
             authors = set(await authors({entry.author_id for entry in entries})) if entries else set()
         events: list[tuple[int, bytes]] = []
+        # A celebrity post is logged when its fan-out starts and again with each batch (every
+        # batch is one atomic log-and-route): the client gets it once, at its first entry.
+        seen: set[bytes] = set()
         for entry in entries:
-            if entry.author_id in authors:
+            if entry.author_id in authors and entry.body not in seen:
+                seen.add(entry.body)
                 events.append((entry.event_id, entry.body))
                 if len(events) > limit:
                     return Replay([], gap=True, oldest_available=oldest)

@@ -213,6 +213,21 @@ async def test_replay_filters_by_author_and_detects_gaps(replay_log: EventLog) -
     assert (await log.replay(first - 1, {followed}, limit=1)).gap  # more missed than the cap
 
 
+async def test_replay_gives_a_post_logged_several_times_once(
+    replay_log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventlog_module, "LOG_KEY", f"t:rt:log:{next(_ids)}")  # (see below)
+    # A celebrity post: logged as its fan-out starts, then again with each batch it routes.
+    author, other = next(_ids), next(_ids)
+    first = await replay_log.route(body(40, author), author, {})
+    second = await replay_log.route(body(41, other), other, {})
+    await replay_log.route(body(40, author), author, {})
+    await replay_log.route(body(40, author), author, {})
+    replay = await replay_log.replay(first - 1, {author, other}, limit=2)
+    assert not replay.gap  # the repeats do not count against the limit either
+    assert [(event_id, event_from_json(b).post_id) for event_id, b in replay.events] == [(first, "40"), (second, "41")]
+
+
 async def test_replay_older_than_the_log_is_a_gap(aredis: Redis, replay_log: EventLog) -> None:
     log = replay_log
     author = next(_ids)

@@ -1,0 +1,98 @@
+"""A celebrity post is in the event log before its online followers are read: a follower who comes
+online between that read and the first batch replays it (else they would get it neither live nor
+on replay). Real Redis (a database of its own) and PostgreSQL; the actor is the server's."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from sn.fanout.celebrity import CelebrityActor
+from sn.fanout.live_settings import CelebritySettings, LiveSettings
+from sn.feed import FeedService
+from sn.pipeline import events
+from sn.pipeline.outbox import Outbox
+from sn.protocol.messages import event_from_json
+from sn.realtime import eventlog as eventlog_module
+from sn.realtime.eventlog import EventLog
+from sn.realtime.presence import Presence
+from sn.storage.cache import PostCache
+from sn.storage.feed_cache import FeedCache
+from sn.storage.friends import FriendRepository
+from sn.storage.posts import PostRepository
+from sn.storage.redis_mux import MuxRedis
+from sn.storage.social_cache import SocialCache
+
+_ids = itertools.count(70_000_000)
+
+
+class Components:
+    def __init__(self, redis: Redis, mux: MuxRedis, pool: asyncpg.Pool) -> None:
+        ids = itertools.count(80_000_000)
+        friends = FriendRepository(pool)
+        self.social = SocialCache(redis, friends, reads=mux)
+        self.presence = Presence(mux, ttl_seconds=30)
+        self.eventlog = EventLog(mux)
+        live = LiveSettings(redis, CelebritySettings(celebrity_threshold=2, batch_size=100, batch_delay=0.0))
+        feed = FeedService(
+            feeds=FeedCache(redis, size=100, ttl_seconds=60, mux=mux),
+            author_posts=FeedCache(redis, size=100, ttl_seconds=60, mux=mux, prefix="sn:authorposts:"),
+            posts=PostRepository(pool, Outbox(lambda: next(ids))),
+            post_cache=PostCache(redis, ttl_seconds=60, reads=mux),
+            social=self.social,
+            celebrity_threshold=lambda: live.current.celebrity_threshold,
+        )
+        self.redis = redis
+        self.live = live
+        self.feed = feed
+
+
+@pytest.fixture
+async def components(redis_url: str, database_url: str) -> AsyncIterator[Components]:
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    redis, mux = Redis.from_url(url), MuxRedis(url, timeout=5, connect_timeout=5)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        yield Components(redis, mux, pool)
+    finally:
+        await pool.close()
+        await mux.aclose()
+        await redis.aclose()
+
+
+async def test_a_follower_coming_online_during_the_fanout_finds_the_post_in_the_log(
+    components: Components,
+) -> None:
+    author, online_follower, latecomer = next(_ids), next(_ids), next(_ids)
+    stream = f"test:stream:{next(_ids)}"
+    c = components
+    # The follower set cached as the server caches it (a "0" marker with the ids).
+    await c.redis.sadd(c.social.followers_key(author), "0", online_follower, latecomer)
+    await c.presence.refresh([online_follower], stream)
+    cursor = int(await c.redis.get(eventlog_module.COUNTER_KEY) or 0)
+    replayed: list[str] = []
+
+    class Observed(CelebrityActor):
+        async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
+            online = await super()._online_followers(author_id)
+            assert online == {stream: [online_follower]}  # the latecomer is not online yet...
+            # ...and connects now, with the cursor it had: its replay must hold the post.
+            replay = await c.eventlog.replay(cursor, {author}, limit=10)
+            replayed.extend(event_from_json(body).post_id for _, body in replay.events)
+            return online
+
+    actor = Observed(redis=c.redis, feed=c.feed, social=c.social, presence=c.presence, eventlog=c.eventlog, live=c.live)
+    post_id = next(_ids)
+    await actor.handle(
+        events.encode(events.PostEvent(type="post_created", post_id=post_id, author_id=author, text="hi"))
+    )
+    assert replayed == [str(post_id)]
+    assert actor.fanouts == 1
+    # Logged at the start and with its one batch: a replay after all of it still gives it once.
+    assert [
+        event_from_json(body).post_id for _, body in (await c.eventlog.replay(cursor, {author}, limit=10)).events
+    ] == [str(post_id)]
