@@ -22,14 +22,15 @@ def _serve(settings: Settings) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from sn import logs, manager_signals
+    from sn import logs
     from sn.app import create_app
-    from sn.sanic_internals import ConnectionProtocol
+    from sn.sanic_internals import ConnectionProtocol, check_sanic_version, install_manager_patches
 
     settings.require_secret()
     if not settings.database_url or not settings.redis_url:
         raise SettingsError("SN_DATABASE_URL and SN_REDIS_URL must be set for `sn serve` (or run `sn dev`)")
     logs.configure(settings)
+    check_sanic_version()  # (a warning: the private API we patch may have changed)
     _prepare_metrics_dir(settings)
     loader = AppLoader(factory=create_app)
     app = loader.load()
@@ -43,7 +44,7 @@ def _serve(settings: Settings) -> None:
         protocol=ConnectionProtocol,
     )
     log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
-    manager_signals.install()
+    install_manager_patches()
     Sanic.serve(primary=app, app_loader=loader)
 
 

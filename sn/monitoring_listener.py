@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from typing import Any
 
 from sanic import Sanic
-from sanic.models.server_types import Signal
 
-from sn.sanic_internals import ConnectionProtocol
+from sn.sanic_internals import ConnectionProtocol, connection_protocol_factory
 
 log = logging.getLogger("sn.monitoring_listener")
 
@@ -32,14 +30,7 @@ class MonitoringListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        factory = partial(
-            ConnectionProtocol,
-            loop=loop,
-            app=self._app,
-            connections=self._connections,
-            signal=Signal(),
-            state={"requests_count": 0},
-        )
+        factory = connection_protocol_factory(self._app, loop, self._connections)
         self._server = await loop.create_server(factory, self._host, self._port, reuse_port=True, backlog=128)
         log.info("monitoring endpoints on %s:%d", self._host, self._port)
 

@@ -32,6 +32,7 @@ from sn.protocol.encoding import Dialect
 from sn.realtime.connlimits import ConnectionLimits, Refusal, Slot
 from sn.realtime.hub import Hub
 from sn.realtime.socket import SocketActor
+from sn.sanic_internals import take_over_transport, upgrade_transport
 
 log = logging.getLogger("sn.api.ws")
 
@@ -110,9 +111,8 @@ async def _serve(request: Request, dialect: Dialect) -> None:
         raise ServiceUnavailable("server (draining)", retry_after=1)
     app = services(request)
     hub = app.hub
-    http: Any = request.transport.get_protocol()  # Sanic's HttpProtocol (its attributes are untyped)
-    transport = http.transport
-    if transport is None or transport.is_closing():
+    transport = upgrade_transport(request)
+    if transport is None:
         return  # the client left during authentication
     slot = await app.conn_limits.acquire(request.ctx.ws_user, client_ip(request))
     if isinstance(slot, Refusal):
@@ -137,7 +137,7 @@ async def _serve(request: Request, dialect: Dialect) -> None:
     state.accept(response, time.time())
     for data in state.data_to_send():
         transport.write(data)
-    _take_over(request, http, actor)
+    take_over_transport(request, actor)
     since = request.ctx.ws_since
     if since is not None:
         actor.hold_live_events()
@@ -173,25 +173,6 @@ class CountedSocket(SocketActor):
         super().connection_lost(exc)
         slot, self._slot = self._slot, Slot(())
         self._limits.release(slot)
-
-
-def _take_over(request: Request, http: Any, actor: SocketActor) -> None:
-    transport = http.transport
-    leftover = bytes(http.recv_buffer)  # frames the client sent right behind its request
-    http.recv_buffer.clear()
-    transport.set_protocol(actor)
-    # Sanic must neither close this transport when its connection task ends nor count it
-    # among the connections its shutdown waits for; the hub does both for WebSockets.
-    http.connections.discard(http)
-    http.transport = None
-    # Nothing of the request is left to read (handshake.accept refuses a body): Sanic must not
-    # try to, on a transport that is no longer its own.
-    request.stream.request_body = None  # type: ignore[union-attr]
-    stream: Any = request.stream
-    stream.upgrade_websocket = True  # tells Sanic's Http that no response is right for this request
-    transport.resume_reading()
-    if leftover:
-        actor.data_received(leftover)
 
 
 def _stats_provider(hub: Hub) -> StatsProvider:

@@ -182,7 +182,7 @@ def exit_worker(loop_name: str) -> None:
     """End this worker process because a critical loop gave up: a graceful stop (SIGTERM to
     itself, which Sanic's worker handles: sockets are told 1001 and reconnect elsewhere), then an
     exit outright if that has not finished in time. The process manager starts a fresh worker
-    (see sn.manager_signals)."""
+    (see sn.sanic_internals.install_manager_patches)."""
     log.critical("critical loop %s gave up: stopping this worker so that a fresh one replaces it", loop_name)
     asyncio.get_running_loop().call_later(EXIT_GRACE_SECONDS, os._exit, 70)
     os.kill(os.getpid(), signal.SIGTERM)
