@@ -807,7 +807,27 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             for post_id, received, _ in sc.probe_receipts:
                 arrivals.setdefault(post_id, received)
             latencies = [arrivals[p] - s for p, (s, _, _) in sc.probe_posts.items() if p in arrivals]
+            # The same by phase of the run (start of the POST), to tell where a tail comes from.
+            kill_at = sc.events.get("node A SIGKILLed", float("inf"))
+            back_at = sc.events.get("node loss: every client back", kill_at)
+            promoting = (
+                sc.events.get("rising user: follows start", 0.0),
+                sc.events.get("promotion: on the hot worker", 0.0),
+            )
+            phases: dict[str, list[float]] = {"promotion": [], "node loss": [], "otherwise": []}
+            for post_id, (started, _, _) in sc.probe_posts.items():
+                if post_id not in arrivals:
+                    continue
+                phase = (
+                    "node loss"
+                    if kill_at <= started <= back_at
+                    else "promotion"
+                    if promoting[0] <= started <= promoting[1]
+                    else "otherwise"
+                )
+                phases[phase].append(arrivals[post_id] - started)
             result["cross_node"] = ms(latencies) | {
+                "by_phase": {name: ms(values) for name, values in phases.items() if values},
                 "posts": len(sc.probe_posts),
                 "missing": sum(1 for p in sc.probe_posts if p not in arrivals),
                 "probe_reconnects": sc.probe_reconnects,
