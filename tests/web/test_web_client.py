@@ -117,6 +117,9 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
 
     # She posts an XSS payload from her page; it reaches the reader's open feed as plain text.
     await author.get_by_role("link", name="My page").click()
+    # Her page is shown once her profile has loaded (its composer comes with it): typing before
+    # that would go to the feed's composer, which the page switch is about to replace.
+    await expect(author.get_by_role("heading", name=re.compile(r"\(me\)$"))).to_be_visible()
     await author.get_by_role("textbox", name="What's new?").fill(XSS)
     await author.get_by_role("button", name="Post", exact=True).click()
     await expect(posts_of(author).first.locator(".text")).to_have_text(XSS)
@@ -136,7 +139,12 @@ async def test_two_people_live_feed_search_edit_delete_and_reconnect(
     await author.get_by_role("button", name="Save").click()
     await expect(newest.locator(".text")).to_have_text("Edited: <i>still text</i>")
     await expect(newest).to_contain_text("edited")
-    await author.get_by_role("button", name="Delete").first.click()
+    # The author's own post shows the edit once her save has returned (the reader can see it
+    # first, over the socket); until then its buttons are the editor's, and "the first Delete"
+    # would be the next post's.
+    mine = posts_of(author).first
+    await expect(mine.locator(".text")).to_have_text("Edited: <i>still text</i>")
+    await mine.get_by_role("button", name="Delete").click()
     await author.get_by_role("button", name="Yes, delete it").click()
     await expect(posts_of(reader)).to_have_count(25)
     await expect(reader.get_by_text("Edited:")).to_have_count(0)
