@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
 from helpers import BenchError
@@ -56,9 +58,12 @@ from ws_load import (
     ws_path,
 )
 
+from sn.ids import timestamp_ms
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 _EVENT_ID = re.compile(rb'"event_id":(\d+)')
+MIX_CONNECTIONS = 128  # the open-loop mix's requests in flight at most (see Scenario.mix)
 
 
 def say(message: str) -> None:
@@ -186,6 +191,59 @@ class TopoFleet:
 
 
 @dataclass
+class Reply:
+    status_code: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class LeanHttp:
+    """The scenario's HTTP client: aiohttp behind the few httpx calls the scenario makes (get, post, put).
+
+    Measured here against the topology's balancer, 300 to 3000 requests at 32 in flight: httpx 0.29 spends 5–10 ms
+    of CPU per request, aiohttp 0.3 ms. At the mix's 150 requests/s, httpx alone wanted most of a core on a
+    2-core machine that also carries the whole topology; the bench process fell behind, and every time it took
+    (the probes' included) grew by its own queueing, not the system's. Setup and checks keep httpx.
+    """
+
+    def __init__(self, base_url: str, connections: int, timeout: float = 30) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+
+    async def __aenter__(self) -> LeanHttp:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Reply:
+        url = path if path.startswith("http") else self._base + path
+        async with self._session.request(method, url, **kwargs) as response:
+            return Reply(response.status, await response.read())
+
+    async def get(self, path: str, *, headers: dict[str, str] | None = None, params: Any = None) -> Reply:
+        return await self._call("GET", path, headers=headers, params=params)
+
+    async def post(self, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> Reply:
+        return await self._call("POST", path, json=json, headers=headers)
+
+    async def put(self, path: str, *, headers: dict[str, str] | None = None) -> Reply:
+        return await self._call("PUT", path, headers=headers)
+
+
+# The failures a timed request may end in (the client's own; an HTTP status is an answer).
+REQUEST_ERRORS = (httpx.HTTPError, aiohttp.ClientError, TimeoutError)
+
+
+@dataclass
 class Deployment:
     name: str
     env: dict[str, str]
@@ -215,22 +273,36 @@ class Deployment:
 
 @dataclass
 class Log:
-    """Every request of the scenario: (monotonic start, endpoint, seconds, ok)."""
+    """Every request of the scenario: (monotonic start, endpoint, seconds, ok); and, for the ones that failed or took
+    longer than SLOW seconds, what happened (to tell where a tail comes from)."""
+
+    SLOW = 1.0
 
     rows: list[tuple[float, str, float, bool]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    slow: list[tuple[float, str, float, str]] = field(default_factory=list)  # (start, endpoint, seconds, outcome)
 
-    async def timed(self, endpoint: str, call: Awaitable[httpx.Response]) -> httpx.Response | None:
+    async def timed(self, endpoint: str, call: Awaitable[Reply], gate: asyncio.Semaphore | None = None) -> Reply | None:
+        """`call` is not started yet (a coroutine): with a `gate`, the time waiting for it counts as the request's."""
         started = time.monotonic()
         try:
-            response = await call
-        except httpx.HTTPError as exc:
-            self.rows.append((started, endpoint, time.monotonic() - started, False))
+            if gate is None:
+                response = await call
+            else:
+                async with gate:
+                    response = await call
+        except REQUEST_ERRORS as exc:
+            seconds = time.monotonic() - started
+            self.rows.append((started, endpoint, seconds, False))
+            self.slow.append((started, endpoint, seconds, type(exc).__name__))
             key = f"{endpoint}: {type(exc).__name__}"
             self.errors[key] = self.errors.get(key, 0) + 1
             return None
         ok = response.status_code < 400
-        self.rows.append((started, endpoint, time.monotonic() - started, ok))
+        seconds = time.monotonic() - started
+        self.rows.append((started, endpoint, seconds, ok))
+        if seconds > self.SLOW or not ok:
+            self.slow.append((started, endpoint, seconds, f"HTTP {response.status_code}"))
         if not ok:
             key = f"{endpoint}: HTTP {response.status_code}"
             self.errors[key] = self.errors.get(key, 0) + 1
@@ -255,8 +327,16 @@ class Log:
         return round(percentile(values, 0.99) * 1000, 1)
 
 
-async def post(http: httpx.AsyncClient, dep: Deployment, author: int, text: str, log: Log, label: str) -> str | None:
-    response = await log.timed(label, http.post("/post/create", json={"text": text}, headers=dep.auth(author)))
+async def post(
+    http: LeanHttp,
+    dep: Deployment,
+    author: int,
+    text: str,
+    log: Log,
+    label: str,
+    gate: asyncio.Semaphore | None = None,
+) -> str | None:
+    response = await log.timed(label, http.post("/post/create", json={"text": text}, headers=dep.auth(author)), gate)
     if response is None or response.status_code != 200:
         return None
     return str(response.json())
@@ -459,19 +539,33 @@ class Scenario:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     promotion: dict[str, Any] = field(default_factory=dict)
     node_loss: dict[str, Any] = field(default_factory=dict)
-    probe_receipts: list[tuple[str, float, str]] = field(default_factory=list)  # (post id, receipt, node)
+    # (post id, receipt, node, receipt wall-clock time)
+    probe_receipts: list[tuple[str, float, str, float]] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)  # probe (author, follower)
-    probe_posts: dict[str, tuple[float, str, str]] = field(default_factory=dict)  # post -> (start, via, to)
+    # post -> (start, via, to, response): the POST's start and the time its response came back
+    probe_posts: dict[str, tuple[float, str, str, float]] = field(default_factory=dict)
+    # (time, seconds late) of every wake-up of this process's own event loop: its stalls delay every timing here
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)
     probe_reconnects: int = 0
     recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
+
+    async def sample_loop_lag(self, interval: float = 0.01) -> None:
+        """The bench's own event loop: a receipt or a response it reads late is timed late by as much."""
+        while not self.stopping.is_set():
+            due = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            woke = time.monotonic()
+            self.loop_lag.append((woke, woke - due))
 
     def mark(self, name: str) -> None:
         self.events[name] = time.monotonic()
         say(f"t+{self.events[name] - self.events['start']:.1f}s {name}")
 
-    async def make_post(self, http: httpx.AsyncClient, author: int, kind: str) -> str | None:
+    async def make_post(
+        self, http: LeanHttp, author: int, kind: str, gate: asyncio.Semaphore | None = None
+    ) -> str | None:
         started = time.monotonic()
-        post_id = await post(http, self.dep, author, f"{kind} post", self.log, f"POST /post/create ({kind})")
+        post_id = await post(http, self.dep, author, f"{kind} post", self.log, f"POST /post/create ({kind})", gate)
         if post_id is not None:
             self.committed[post_id] = (author, started, kind)
             if kind != "celebrity":
@@ -480,9 +574,17 @@ class Scenario:
 
     # ---- loops -----------------------------------------------------------------------------------------------------
 
-    async def mix(self, http: httpx.AsyncClient, rate: float) -> None:
-        """Open loop: requests start on the clock (not when the previous answered), ~50 reads per write."""
+    async def mix(self, http: LeanHttp, rate: float) -> None:
+        """Open loop: requests start on the clock (not when the previous answered), ~50 reads per write.
+
+        A request due while every connection of the mix is busy waits at `gate` (its wait counted in its time, as
+        an open loop must) rather than in httpx's pool: httpcore 1.0 scans all its connections for every queued
+        request at each request's start and end, so a queue of thousands there costs this process whole seconds
+        of CPU per second, its throughput collapses to tens of requests/s, and every timing taken in it (the
+        probes' included) grows by as much; seen as the 20–45 s tails of earlier runs.
+        """
         rng = random.Random(11)
+        gate = asyncio.Semaphore(MIX_CONNECTIONS)
         online = self.graph.online
         readers = online[: min(1000, len(online) // 2)]
         profiles = self.graph.users
@@ -494,17 +596,14 @@ class Scenario:
             n += 1
             kind = n % 52
             if kind == 0:
-                call: Awaitable[Any] = self.make_post(http, rng.choice(online), "online user")
+                call: Awaitable[Any] = self.make_post(http, rng.choice(online), "online user", gate)
             elif kind % 3 == 0:
                 user = rng.choice(readers)
-                call = self.log.timed("GET /post/feed", http.get("/post/feed", headers=self.dep.auth(user)))
-            elif kind % 3 == 1:
-                call = self.log.timed("GET /user/get", http.get(f"/user/get/{rng.choice(profiles)}"))
+                call = self.log.timed("GET /post/feed", http.get("/post/feed", headers=self.dep.auth(user)), gate)
+            elif kind % 3 == 1 or not self.recent:
+                call = self.log.timed("GET /user/get", http.get(f"/user/get/{rng.choice(profiles)}"), gate)
             else:
-                if self.recent:
-                    call = self.log.timed("GET /post/get", http.get(f"/post/get/{rng.choice(self.recent)}"))
-                else:
-                    call = self.log.timed("GET /user/get", http.get(f"/user/get/{rng.choice(profiles)}"))
+                call = self.log.timed("GET /post/get", http.get(f"/post/get/{rng.choice(self.recent)}"), gate)
             task = asyncio.ensure_future(call)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -516,13 +615,13 @@ class Scenario:
                 next_at = time.monotonic()  # fell behind by a second: skip, do not burst
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def celebrity(self, http: httpx.AsyncClient) -> None:
+    async def celebrity(self, http: LeanHttp) -> None:
         while not self.stopping.is_set():
             await self.make_post(http, self.graph.celebrity, "celebrity")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.args.celebrity_every)
 
-    async def rising(self, http: httpx.AsyncClient) -> None:
+    async def rising(self, http: LeanHttp) -> None:
         """The rising user posts every second for the whole scenario; their followers read their posts."""
         rng = random.Random(5)
         while not self.stopping.is_set():
@@ -536,7 +635,7 @@ class Scenario:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
 
-    async def promote(self, http: httpx.AsyncClient, at: float) -> None:
+    async def promote(self, http: LeanHttp, at: float) -> None:
         await asyncio.sleep(at)
         threshold = self.args.threshold
         needed = threshold - self.graph.rising_followers + 1
@@ -545,7 +644,7 @@ class Scenario:
         self.promotion["followers"] = new_followers
         self.mark("rising user: follows start")
         gate = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(base_url=self.dep.lb, timeout=30) as own:
+        async with LeanHttp(self.dep.lb, 16) as own:
 
             async def follow(user: int) -> None:
                 async with gate:
@@ -615,7 +714,7 @@ class Scenario:
         self.node_loss["restart_s"] = round(time.monotonic() - started, 1)
         self.mark("node A started again")
 
-    async def probes(self, http_a: httpx.AsyncClient, http_b: httpx.AsyncClient) -> None:
+    async def probes(self, http_a: LeanHttp, http_b: LeanHttp) -> None:
         """Probe followers hold sockets through the balancer (and reconnect through it with ?since= when their node
         goes away); their authors post on the node the follower is *not* on, directly."""
         from websockets.asyncio.client import connect
@@ -676,7 +775,7 @@ class Scenario:
                 )
                 if post_id is not None:
                     self.committed[post_id] = (probe.author, started, "probe")
-                    self.probe_posts[post_id] = (started, via_name, probe.node)
+                    self.probe_posts[post_id] = (started, via_name, probe.node, time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.args.probe_every)
         await asyncio.sleep(3)
@@ -691,9 +790,9 @@ class Scenario:
         if isinstance(frame.get("event_id"), int):
             probe.last_event_id = max(probe.last_event_id, frame["event_id"])
         if frame.get("type") == "post_created":
-            self.probe_receipts.append((str(frame["data"]["post_id"]), time.monotonic(), probe.node))
+            self.probe_receipts.append((str(frame["data"]["post_id"]), time.monotonic(), probe.node, time.time()))
         elif frame.get("type") == "resync":
-            self.probe_receipts.append(("resync", time.monotonic(), probe.node))
+            self.probe_receipts.append(("resync", time.monotonic(), probe.node, time.time()))
 
 
 async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out: Path) -> dict[str, Any]:
@@ -708,11 +807,11 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
     rng.shuffle(spare)
     pairs = [(spare[2 * i], spare[2 * i + 1]) for i in range(args.probes)]
     lb_port = int(dep.lb.rsplit(":", 1)[1])
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    # The mix's connections, and a few more for the loops that share its client (celebrity, rising user).
     async with (
-        httpx.AsyncClient(base_url=dep.lb, timeout=30, limits=limits) as http,
-        httpx.AsyncClient(base_url=dep.node_a, timeout=30) as http_a,
-        httpx.AsyncClient(base_url=dep.node_b, timeout=30) as http_b,
+        LeanHttp(dep.lb, MIX_CONNECTIONS + 8) as http,
+        LeanHttp(dep.node_a, 8) as http_a,
+        LeanHttp(dep.node_b, 8) as http_b,
     ):
         for author, follower in pairs:
             response = await http.put(f"/friend/set/{author}", headers=dep.auth(follower))
@@ -740,6 +839,8 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 stats = (await http.get(url + "/stats", headers=dep.admin)).json()
                 per_node[name] = stats["websocket"]["connections_per_worker"]
             sc.events["start"] = time.monotonic()
+            wall_start = time.time()
+            cpu = CpuAccount(node_pids=node_pids(Path(args.citus_dir)))
             sc.mark("scenario starts")
             load_before = os.getloadavg()
             loops = [
@@ -747,6 +848,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 asyncio.ensure_future(sc.celebrity(http)),
                 asyncio.ensure_future(sc.rising(http)),
                 asyncio.ensure_future(sc.probes(http_a, http_b)),
+                asyncio.ensure_future(sc.sample_loop_lag()),
             ]
             timed = [
                 asyncio.ensure_future(sc.promote(http, args.promote_at)),
@@ -754,6 +856,8 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             ]
             await asyncio.sleep(args.duration)
             sc.mark("load stops")
+            wall_end = time.time()
+            cpu_report = cpu.report()
             sc.stopping.set()
             await asyncio.gather(*loops)
             # The node loss finishes (its restart is bounded); a promotion still not done is reported as such.
@@ -777,6 +881,16 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 "fleet": final,
             }
             result["endpoints"] = sc.log.summary(sc.events["start"], end)
+            result["slow_requests"] = slow_requests(sc)
+            result["cpu"] = cpu_report
+            result["balancer_view"] = balancer_view(Path(args.citus_dir), wall_start, wall_end)
+            result["bench_loop_lag"] = ms([lag for _, lag in sc.loop_lag]) | {
+                "over_100ms": sum(1 for _, lag in sc.loop_lag if lag > 0.1),
+                "worst": [
+                    {"t_s": round(t - sc.events["start"], 2), "late_ms": round(lag * 1000, 1)}
+                    for t, lag in sorted(sc.loop_lag, key=lambda row: -row[1])[:5]
+                ],
+            }
             # Promotion: duration and everybody else's p99 before / during.
             promo: dict[str, Any] = {k: v for k, v in sc.promotion.items() if k != "followers"}
             crossed = sc.events.get("rising user: over the threshold")
@@ -804,9 +918,11 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             result["promotion"] = promo
             # Cross-node latency (probe posts made on the node the follower is not on).
             arrivals: dict[str, float] = {}
-            for post_id, received, _ in sc.probe_receipts:
+            arrivals_wall: dict[str, float] = {}
+            for post_id, received, _, wall in sc.probe_receipts:
                 arrivals.setdefault(post_id, received)
-            latencies = [arrivals[p] - s for p, (s, _, _) in sc.probe_posts.items() if p in arrivals]
+                arrivals_wall.setdefault(post_id, wall)
+            latencies = [arrivals[p] - s for p, (s, *_) in sc.probe_posts.items() if p in arrivals]
             # The same by phase of the run (start of the POST), to tell where a tail comes from.
             kill_at = sc.events.get("node A SIGKILLed", float("inf"))
             back_at = sc.events.get("node loss: every client back", kill_at)
@@ -815,7 +931,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 sc.events.get("promotion: on the hot worker", 0.0),
             )
             phases: dict[str, list[float]] = {"promotion": [], "node loss": [], "otherwise": []}
-            for post_id, (started, _, _) in sc.probe_posts.items():
+            for post_id, (started, *_) in sc.probe_posts.items():
                 if post_id not in arrivals:
                     continue
                 phase = (
@@ -826,12 +942,19 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                     else "otherwise"
                 )
                 phases[phase].append(arrivals[post_id] - started)
+            # Where the time goes: the POST itself (request start → its response), and the delivery after the
+            # app made the post (its id's timestamp, the app node's clock → the receipt, this machine's clock).
+            delivered = [p for p in sc.probe_posts if p in arrivals]
             result["cross_node"] = ms(latencies) | {
                 "by_phase": {name: ms(values) for name, values in phases.items() if values},
+                "post_response": ms([sc.probe_posts[p][3] - sc.probe_posts[p][0] for p in sc.probe_posts]),
+                "receipt_after_response": ms([arrivals[p] - sc.probe_posts[p][3] for p in delivered]),
+                "receipt_before_response": sum(1 for p in delivered if arrivals[p] < sc.probe_posts[p][3]),
+                "id_to_receipt": ms([arrivals_wall[p] - timestamp_ms(int(p)) / 1000 for p in delivered]),
                 "posts": len(sc.probe_posts),
                 "missing": sum(1 for p in sc.probe_posts if p not in arrivals),
                 "probe_reconnects": sc.probe_reconnects,
-                "resync_frames": sum(1 for p, _, _ in sc.probe_receipts if p == "resync"),
+                "resync_frames": sum(1 for p, *_ in sc.probe_receipts if p == "resync"),
             }
             # Celebrity fan-out over the N online sockets (paced celebrity path) and what each socket got.
             # Per (post, socket): received as a frame (live or replayed), else covered by a resync frame
@@ -888,8 +1011,135 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             fleet.stop()
 
 
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, CPU seconds so far) of every process this user can read."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ..., utime, stime
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        table[int(entry.name)] = (int(fields[1]), cmdline or comm, (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / ticks, sum(values) / ticks
+
+
+@dataclass
+class CpuAccount:
+    """Where the machine's CPU went over a window, by part of the topology: a one-machine rehearsal's figures
+    depend on what the load client and the other parts took from the part being timed."""
+
+    node_pids: dict[str, int]
+    start: dict[int, tuple[int, str, float]] = field(default_factory=_processes)
+    start_busy: tuple[float, float] = field(default_factory=_machine_busy)
+
+    def _part(self, pid: int, table: dict[int, tuple[int, str, float]]) -> str:
+        me = os.getpid()
+        seen = 0
+        while pid in table and seen < 50:
+            parent, cmdline, _ = table[pid]
+            if pid == me:
+                return "bench (main process)" if seen == 0 else "bench (socket shards, wrk)"
+            for name, node_pid in self.node_pids.items():
+                if pid == node_pid:
+                    return f"sn {name}"
+            if " -D " in f" {cmdline} " and "postgres" in cmdline:
+                return "postgres " + Path(cmdline.split(" -D ", 1)[1].split()[0]).name
+            for part in ("haproxy", "redis-server", "beam.smp"):
+                if part in cmdline.split(" ", 1)[0]:
+                    return {"beam.smp": "rabbitmq", "redis-server": "redis"}.get(part, part)
+            pid, seen = parent, seen + 1
+        return "other"
+
+    def report(self) -> dict[str, Any]:
+        table = _processes()
+        busy, total = _machine_busy()
+        window = max(total - self.start_busy[1], 1e-9) / (os.cpu_count() or 1)  # wall seconds
+        parts: collections.Counter[str] = collections.Counter()
+        for pid, (_, _, cpu) in table.items():
+            before = self.start.get(pid)
+            used = cpu - before[2] if before is not None and before[1] == table[pid][1] else cpu
+            if used > 0:
+                parts[self._part(pid, table)] += used
+        return {
+            "window_s": round(window, 1),
+            "machine_busy_pct": round(100 * (busy - self.start_busy[0]) / max(total - self.start_busy[1], 1e-9), 1),
+            # CPU seconds per wall second: 1.0 is one core for the whole window (processes that died in the window,
+            # node A's killed workers, are not counted)
+            "cores_by_part": {k: round(v / window, 2) for k, v in parts.most_common() if v / window >= 0.01},
+        }
+
+
+_HAPROXY_LINE = re.compile(
+    r"\[(?P<date>[^\]]+)\] \S+ (?P<server>\S+) (?P<timers>[-\d]+/[-\d]+/[-\d]+/[-\d]+/[-\d]+) (?P<status>-?\d+) .*?"
+    r' (?P<state>[-\w]{4}) [\d/]+ [\d/]+ "(?P<method>\S+) (?P<path>[^ ?"]*)'
+)
+
+
+def node_pids(topology_dir: Path) -> dict[str, int]:
+    """The app nodes' session leaders (`sn serve`), from scripts/topology.sh's pid files; read again after a restart
+    would miss the first node A, so the account names node A's second life by its own pid file too."""
+    pids = {}
+    for name in ("node-a", "node-b"):
+        with contextlib.suppress(OSError, ValueError):
+            pids[name] = int((topology_dir / f"{name}.pid").read_text().strip())
+    return pids
+
+
+def balancer_view(topology_dir: Path, start: float, end: float) -> dict[str, Any]:
+    """The same requests seen from HAProxy (its request log, TOPOLOGY_LB_LOG=1): per endpoint, the time from the
+    request's arrival at the balancer to the end of its response (Ta), and how many ended other than normally.
+    Beside the bench's own timings, this tells the system's latency from what the load client adds to it."""
+    times: dict[str, list[float]] = {}
+    abnormal: collections.Counter[str] = collections.Counter()
+    for log in sorted(topology_dir.glob("haproxy-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            match = _HAPROXY_LINE.search(line)
+            if match is None or match["path"].startswith("/ws/") or match["path"] == "/ready":
+                continue
+            at = datetime.datetime.strptime(match["date"], "%d/%b/%Y:%H:%M:%S.%f").timestamp()
+            if not start <= at < end:
+                continue
+            endpoint = f"{match['method']} {re.sub(r'/[0-9]+$', '', match['path'])}"
+            active = int(match["timers"].rsplit("/", 1)[1])
+            if active >= 0:
+                times.setdefault(endpoint, []).append(active / 1000)
+            if match["state"] != "----":
+                abnormal[f"{endpoint}: {match['state']} {match['status']} via {match['server']}"] += 1
+    return {"endpoints": {e: ms(v) for e, v in sorted(times.items())}, "abnormal": dict(abnormal.most_common(10))}
+
+
+def slow_requests(sc: Scenario) -> dict[str, Any]:
+    """The requests that failed or took longer than Log.SLOW: how many per second of the run and per outcome, and
+    the worst ones, with their start relative to the scenario's (to line them up with the events)."""
+    start = sc.events["start"]
+    per_second: collections.Counter[int] = collections.Counter(int(t - start) for t, *_ in sc.log.slow)
+    outcomes: collections.Counter[str] = collections.Counter(f"{e}: {o}" for _, e, _, o in sc.log.slow)
+    worst = sorted(sc.log.slow, key=lambda row: -row[2])[:15]
+    return {
+        "count": len(sc.log.slow),
+        "of": len(sc.log.rows),
+        "per_second_of_run": dict(sorted(per_second.items())),
+        "outcomes": dict(outcomes.most_common()),
+        "worst": [{"t_s": round(t - start, 2), "endpoint": e, "s": round(d, 2), "outcome": o} for t, e, d, o in worst],
+    }
+
+
 async def feed_check(
-    http: httpx.AsyncClient,
+    http: LeanHttp,
     dep: Deployment,
     sc: Scenario,
     pairs: Sequence[tuple[int, int]],
@@ -924,7 +1174,7 @@ async def feed_check(
 
 
 async def final_fanout(
-    http: httpx.AsyncClient, dep: Deployment, graph: Graph, fleet: TopoFleet, args: argparse.Namespace
+    http: LeanHttp, dep: Deployment, graph: Graph, fleet: TopoFleet, args: argparse.Namespace
 ) -> dict[str, Any]:
     """A post by the author the N online users follow, on the normal fan-out path (threshold raised above N, as
     bench/ws_run.sh does for its fan-out step): POST → last receipt over the online sockets on both nodes."""
@@ -1028,6 +1278,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| {endpoint} | {r['per_s']} | {r['p50']} | {r['p99']} | {r['failed']} |")
     lines.append("")
     lines.append(f"- cross-node POST → receipt: {sc['cross_node']}")
+    lines.append(f"- slow or failed requests: {sc.get('slow_requests')}")
+    lines.append(f"- CPU over the scenario, by part: {sc.get('cpu')}")
+    lines.append(f"- the same requests at the balancer (HAProxy's log): {sc.get('balancer_view')}")
+    lines.append(f"- the bench's own event loop, lateness: {sc.get('bench_loop_lag')}")
     lines.append(f"- celebrity: {sc['celebrity']}")
     lines.append(f"- final fan-out (normal path): {sc['final_fanout']}")
     lines.append(f"- promotion: {sc['promotion']}")

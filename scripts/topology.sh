@@ -21,7 +21,8 @@
 # postgres), TOPOLOGY_DB_NAME (sn_topology), TOPOLOGY_PG_URL (postgresql://postgres@127.0.0.1:5432/postgres),
 # TOPOLOGY_REDIS_URL, TOPOLOGY_AMQP_URL (default the machine's RabbitMQ on 5672 if it answers; "none": the Redis bus),
 # TOPOLOGY_LB_INSTANCES (2 HAProxy processes on one port), TOPOLOGY_LB_MAXCONN (per process; default: what the
-# open-files limit allows). Any other SN_* variable reaches the app nodes as it is.
+# open-files limit allows), TOPOLOGY_LB_LOG (1: a line per request in haproxy-N.log). Any other SN_* variable
+# reaches the app nodes as it is.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -253,9 +254,21 @@ start_balancer() {
             continue
         fi
         ((i > 1 || started)) || ! port_open "$LB_PORT" || die "port $LB_PORT (the balancer) is taken by another process: set TOPOLOGY_LB_PORT"
-        SN_LB_BIND=127.0.0.1:$LB_PORT SN_NODE_A=127.0.0.1:$NODE_A_PORT SN_NODE_B=127.0.0.1:$NODE_B_PORT \
-            SN_LB_MAXCONN=$maxconn haproxy -D -p "$DIR/haproxy-$i.pid" -f "$HAPROXY_CFG" 2>>"$DIR/haproxy.log" ||
-            die "haproxy did not start: see $DIR/haproxy.log"
+        if [[ ${TOPOLOGY_LB_LOG:-0} == 1 ]]; then
+            # A request log: HAProxy logs to stderr only in the foreground, so it runs in a session of its own,
+            # in the background, its pid taken from the shell. -c first, so that a bad config still fails here.
+            SN_LB_BIND=127.0.0.1:$LB_PORT SN_NODE_A=127.0.0.1:$NODE_A_PORT SN_NODE_B=127.0.0.1:$NODE_B_PORT \
+                SN_LB_MAXCONN=$maxconn SN_LB_LOG=stderr haproxy -c -q -f "$HAPROXY_CFG" 2>>"$DIR/haproxy.log" ||
+                die "haproxy did not start: see $DIR/haproxy.log"
+            SN_LB_BIND=127.0.0.1:$LB_PORT SN_NODE_A=127.0.0.1:$NODE_A_PORT SN_NODE_B=127.0.0.1:$NODE_B_PORT \
+                SN_LB_MAXCONN=$maxconn SN_LB_LOG=stderr setsid haproxy -db -f "$HAPROXY_CFG" \
+                </dev/null >>"$DIR/haproxy-$i.log" 2>&1 &
+            echo $! >"$DIR/haproxy-$i.pid"
+        else
+            SN_LB_BIND=127.0.0.1:$LB_PORT SN_NODE_A=127.0.0.1:$NODE_A_PORT SN_NODE_B=127.0.0.1:$NODE_B_PORT \
+                SN_LB_MAXCONN=$maxconn haproxy -D -p "$DIR/haproxy-$i.pid" -f "$HAPROXY_CFG" 2>>"$DIR/haproxy.log" ||
+                die "haproxy did not start: see $DIR/haproxy.log"
+        fi
         started=$((started + 1))
     done
     wait_ready "http://127.0.0.1:$LB_PORT/ready" 30 || die "the balancer on 127.0.0.1:$LB_PORT does not reach a ready node"

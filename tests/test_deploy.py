@@ -711,13 +711,19 @@ def haproxy_lines() -> list[str]:
     return [line for line in lines if line]
 
 
-def test_haproxy_config_is_valid() -> None:
-    """Checked by HAProxy itself, with the variables scripts/topology.sh and tests/test_topology.py set."""
+@pytest.mark.parametrize("log", [None, "stderr"], ids=["no request log", "request log"])
+def test_haproxy_config_is_valid(log: str | None) -> None:
+    """Checked by HAProxy itself, with the variables scripts/topology.sh and tests/test_topology.py set, with and
+    without its optional request log; no warnings either way."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (Debian package haproxy; .ci/run installs it)")
-    out = run([haproxy, "-c", "-f", str(HAPROXY_CFG)], env={**os.environ, **HAPROXY_VARIABLES})
+    env = {k: v for k, v in os.environ.items() if k != "SN_LB_LOG"} | HAPROXY_VARIABLES
+    if log is not None:
+        env["SN_LB_LOG"] = log
+    out = run([haproxy, "-c", "-f", str(HAPROXY_CFG)], env=env)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "WARNING" not in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_haproxy_config_matches_the_k8s_design() -> None:
@@ -747,7 +753,10 @@ def test_haproxy_config_matches_the_k8s_design() -> None:
     assert "SN_PROXIES_COUNT=${SN_PROXIES_COUNT:-1}" in (ROOT / "scripts" / "topology.sh").read_text()
     # Every ${VAR} the file uses is one the script sets.
     used = set(re.findall(r"\$\{(\w+)\}", HAPROXY_CFG.read_text()))
-    assert used == set(HAPROXY_VARIABLES)
+    assert used == set(HAPROXY_VARIABLES) | {"SN_LB_LOG"}
+    # ...and the optional one only inside `.if defined(SN_LB_LOG)` blocks.
+    assert "log global" in lines and "option httplog" in lines
+    assert lines.count(".if defined(SN_LB_LOG)") == 2
 
 
 # --- scripts, Makefile, README ---------------------------------------------------------------------------------------

@@ -47,7 +47,14 @@ class Balancer:
 
 
 def haproxy_env(bind: str, node_a: str, node_b: str, maxconn: int = 1000) -> dict[str, str]:
-    return {"SN_LB_BIND": bind, "SN_NODE_A": node_a, "SN_NODE_B": node_b, "SN_LB_MAXCONN": str(maxconn)}
+    # SN_LB_LOG: its request log goes to the test's log file, which the node-kill test reads.
+    return {
+        "SN_LB_BIND": bind,
+        "SN_NODE_A": node_a,
+        "SN_NODE_B": node_b,
+        "SN_LB_MAXCONN": str(maxconn),
+        "SN_LB_LOG": "stderr",
+    }
 
 
 def start_balancer(a: ServerProcess, b: ServerProcess, log_path: Path) -> Balancer:
@@ -258,6 +265,17 @@ async def test_two_nodes_behind_the_balancer_survive_a_node_kill(topology: Topol
         assert {first, later} | missed <= {str(item["id"]) for item in feed.json()}
         if follower.ws is not None:
             await follower.ws.close()
+        if topology.balancer is not None:
+            # The balancer's own account, as an operator reads it: node A marked down, the socket it held, and
+            # the requests after the kill served by node B.
+            wait_for(
+                lambda: "/ws/" in topology.balancer.log_path.read_text(), 5, "no WebSocket line in the haproxy log"
+            )
+            log = topology.balancer.log_path.read_text().splitlines()
+            assert any("node-a is DOWN" in line for line in log), log[-20:]
+            assert any("sn-app/node-a" in line and f'"GET /ws/{reader.id}' in line for line in log), log[-20:]
+            created = [line for line in log if '"POST /post/create' in line]
+            assert created and "sn-app/node-b" in created[-1], created[-5:]
     finally:
         entry.close()
         via_b.close()
