@@ -755,7 +755,8 @@ def test_haproxy_config_matches_the_k8s_design() -> None:
     used = set(re.findall(r"\$\{(\w+)\}", HAPROXY_CFG.read_text()))
     assert used == set(HAPROXY_VARIABLES) | {"SN_LB_LOG"}
     # ...and the optional one only inside `.if defined(SN_LB_LOG)` blocks.
-    assert "log global" in lines and "option httplog" in lines
+    assert "log global" in lines
+    assert "option httplog" in lines
     assert lines.count(".if defined(SN_LB_LOG)") == 2
 
 

@@ -275,7 +275,8 @@ async def test_two_nodes_behind_the_balancer_survive_a_node_kill(topology: Topol
             assert any("node-a is DOWN" in line for line in log), log[-20:]
             assert any("sn-app/node-a" in line and f'"GET /ws/{reader.id}' in line for line in log), log[-20:]
             created = [line for line in log if '"POST /post/create' in line]
-            assert created and "sn-app/node-b" in created[-1], created[-5:]
+            assert created, log[-20:]
+            assert "sn-app/node-b" in created[-1], created[-5:]
     finally:
         entry.close()
         via_b.close()
