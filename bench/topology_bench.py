@@ -1090,8 +1090,8 @@ _HAPROXY_LINE = re.compile(
 
 
 def node_pids(topology_dir: Path) -> dict[str, int]:
-    """The app nodes' session leaders (`sn serve`), from scripts/topology.sh's pid files; read again after a restart
-    would miss the first node A, so the account names node A's second life by its own pid file too."""
+    """The app nodes' session leaders (`sn serve`), from scripts/topology.sh's pid files, read at the scenario's
+    start: node A started again after its kill has a new pid and is counted under "other"."""
     pids = {}
     for name in ("node-a", "node-b"):
         with contextlib.suppress(OSError, ValueError):
