@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (HAProxy log lines, verbatim)
 """bench/topology_bench.py's readers of what the rehearsal leaves behind: HAProxy's request log and /proc.
 
 The log lines are HAProxy 2.6's `option httplog` format, verbatim from a run of deploy/haproxy/haproxy.cfg with
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import topology_bench  # noqa: E402
+import topology_bench
 
 LINES = """\
 127.0.0.1:42354 [03/Dec/2026:09:34:59.211] sn sn-app/node-a 0/0/0/1/1 200 287 - - ---- 1/1/0/0/0 0/0 "GET /ready HTTP/1.1"
