@@ -240,7 +240,7 @@ class LeanHttp:
 
 
 # The failures a timed request may end in (the client's own; an HTTP status is an answer).
-REQUEST_ERRORS = (httpx.HTTPError, aiohttp.ClientError, TimeoutError)
+REQUEST_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass
