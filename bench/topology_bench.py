@@ -49,6 +49,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import httpx
+import topology_trace
 from helpers import BenchError
 from ws_load import (
     PERCENTILES,
@@ -547,6 +548,9 @@ class Scenario:
     # (time, seconds late) of every wake-up of this process's own event loop: its stalls delay every timing here
     loop_lag: list[tuple[float, float]] = field(default_factory=list)
     probe_reconnects: int = 0
+    probe_event_ids: dict[str, int] = field(default_factory=dict)  # post -> the event id its follower got it under
+    # /metrics of each node: at the start, node A's just before its kill, both at the end
+    stage_scrapes: dict[str, topology_trace.StageHistograms] = field(default_factory=dict)
     recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
 
     async def sample_loop_lag(self, interval: float = 0.01) -> None:
@@ -681,9 +685,14 @@ class Scenario:
         finally:
             await conn.close()
 
-    async def node_kill(self, fleet: TopoFleet, at: float, down_for: float) -> None:
+    async def scrape_stages(self, http: LeanHttp, name: str, url: str) -> None:
+        response = await http.get(url + "/metrics", headers=self.dep.admin)
+        self.stage_scrapes[name] = topology_trace.StageHistograms.parse(response.text)
+
+    async def node_kill(self, fleet: TopoFleet, http: LeanHttp, at: float, down_for: float) -> None:
         await asyncio.sleep(at)
         before = await fleet.stats()
+        await self.scrape_stages(http, "node-a before the kill", self.dep.node_a)
         await asyncio.to_thread(
             subprocess.run, ["bash", str(self.topology_script), "kill", "a"], env=self.topology_env, check=True
         )
@@ -790,6 +799,7 @@ class Scenario:
         if isinstance(frame.get("event_id"), int):
             probe.last_event_id = max(probe.last_event_id, frame["event_id"])
         if frame.get("type") == "post_created":
+            self.probe_event_ids.setdefault(str(frame["data"]["post_id"]), frame["event_id"])
             self.probe_receipts.append((str(frame["data"]["post_id"]), time.monotonic(), probe.node, time.time()))
         elif frame.get("type") == "resync":
             self.probe_receipts.append(("resync", time.monotonic(), probe.node, time.time()))
@@ -838,6 +848,8 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             for name, url in (("node-a", dep.node_a), ("node-b", dep.node_b)):
                 stats = (await http.get(url + "/stats", headers=dep.admin)).json()
                 per_node[name] = stats["websocket"]["connections_per_worker"]
+            await sc.scrape_stages(http_a, "node-a at the start", dep.node_a)
+            await sc.scrape_stages(http_b, "node-b at the start", dep.node_b)
             sc.events["start"] = time.monotonic()
             wall_start = time.time()
             cpu = CpuAccount(node_pids=node_pids(Path(args.citus_dir)))
@@ -852,7 +864,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             ]
             timed = [
                 asyncio.ensure_future(sc.promote(http, args.promote_at)),
-                asyncio.ensure_future(sc.node_kill(fleet, args.kill_at, args.down_for)),
+                asyncio.ensure_future(sc.node_kill(fleet, http_a, args.kill_at, args.down_for)),
             ]
             await asyncio.sleep(args.duration)
             sc.mark("load stops")
@@ -870,6 +882,8 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             await asyncio.sleep(args.settle)
             receipts = await fleet.receipts()
             final = await fleet.stats()
+            await sc.scrape_stages(http_a, "node-a at the end", dep.node_a)
+            await sc.scrape_stages(http_b, "node-b at the end", dep.node_b)
             end = sc.events["load stops"]
             result: dict[str, Any] = {
                 "connected": connected["opened"],
@@ -956,6 +970,8 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 "probe_reconnects": sc.probe_reconnects,
                 "resync_frames": sum(1 for p, *_ in sc.probe_receipts if p == "resync"),
             }
+            result["cross_node"]["trace"] = await trace_probes(sc, dep, delivered, arrivals, arrivals_wall)
+            result["delivery_stages"] = delivery_stages(sc.stage_scrapes)
             # Celebrity fan-out over the N online sockets (paced celebrity path) and what each socket got.
             # Per (post, socket): received as a frame (live or replayed), else covered by a resync frame
             # the socket got after the post was made (the client then refetches its feed, which holds
@@ -1138,6 +1154,50 @@ def slow_requests(sc: Scenario) -> dict[str, Any]:
     }
 
 
+async def trace_probes(
+    sc: Scenario, dep: Deployment, delivered: list[str], arrivals: dict[str, float], arrivals_wall: dict[str, float]
+) -> dict[str, Any]:
+    """Each delivered probe post split at the moment its fan-out consumer routed it (the event log's 't')."""
+    routed = await topology_trace.route_times(
+        dep.env["SN_REDIS_URL"], [sc.probe_event_ids[p] for p in delivered if p in sc.probe_event_ids]
+    )
+    timings = []
+    for post_id in delivered:
+        started, via, to, responded = sc.probe_posts[post_id]
+        made_to_routed, routed_to_receipt = topology_trace.split(
+            timestamp_ms(int(post_id)), routed.get(sc.probe_event_ids.get(post_id, -1)), arrivals_wall[post_id]
+        )
+        timings.append(
+            topology_trace.ProbeTiming(
+                post_id,
+                started - sc.events["start"],
+                via,
+                to,
+                (responded - started) * 1000,
+                made_to_routed,
+                routed_to_receipt,
+                (arrivals[post_id] - started) * 1000,
+            )
+        )
+    return {
+        "traced": sum(1 for t in timings if t.made_to_routed_ms is not None),
+        "made_to_routed": ms([t.made_to_routed_ms / 1000 for t in timings if t.made_to_routed_ms is not None]),
+        "routed_to_receipt": ms([t.routed_to_receipt_ms / 1000 for t in timings if t.routed_to_receipt_ms is not None]),
+        "worst": topology_trace.worst(timings),
+    }
+
+
+def delivery_stages(scrapes: dict[str, topology_trace.StageHistograms]) -> dict[str, Any]:
+    """Every new post's age at each stage, by node and together, over the scenario (the app's own histograms)."""
+    if not {"node-a at the start", "node-b at the start", "node-a at the end", "node-b at the end"} <= scrapes.keys():
+        return {"error": f"missing scrapes: only {sorted(scrapes)}"}
+    node_a = topology_trace.node_share(
+        scrapes["node-a at the start"], scrapes.get("node-a before the kill"), scrapes["node-a at the end"]
+    )
+    node_b = topology_trace.node_share(scrapes["node-b at the start"], None, scrapes["node-b at the end"])
+    return {"both": (node_a + node_b).summary(), "node-a": node_a.summary(), "node-b": node_b.summary()}
+
+
 async def feed_check(
     http: LeanHttp,
     dep: Deployment,
@@ -1278,6 +1338,7 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| {endpoint} | {r['per_s']} | {r['p50']} | {r['p99']} | {r['failed']} |")
     lines.append("")
     lines.append(f"- cross-node POST → receipt: {sc['cross_node']}")
+    lines.append(f"- every new post's age at each delivery stage (the nodes' histograms): {sc.get('delivery_stages')}")
     lines.append(f"- slow or failed requests: {sc.get('slow_requests')}")
     lines.append(f"- CPU over the scenario, by part: {sc.get('cpu')}")
     lines.append(f"- the same requests at the balancer (HAProxy's log): {sc.get('balancer_view')}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from sn.feed import FeedService
 from sn.ids import timestamp_ms
-from sn.metrics import metrics
+from sn.metrics import metrics, observe_post_stage
 from sn.pipeline import events
 from sn.protocol.messages import Event, event_to_json
 from sn.realtime.eventlog import EventLog
@@ -61,6 +61,8 @@ class FanoutConsumer:
             # Warm the follower's feed so their next read is a cache hit.
             await self._feed.rebuild(event.user_id)
         else:
+            if event.type == "post_created":
+                observe_post_stage("consumed", event.post_id)
             followers = await self._social.followers(event.author_id)
             await self._feed.apply(event, followers)
             body = realtime_body(event)
@@ -68,6 +70,7 @@ class FanoutConsumer:
             if event.type == "post_created":  # the id's timestamp is the post's creation time
                 lag = time.time() - timestamp_ms(event.post_id) / 1000
                 metrics().fanout_latency.observe(lag)
+                metrics().delivery_stage.labels("routed").observe(lag)
                 metrics().queue_lag.set(lag)
         self.handled += 1
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from sn.metrics import observe_post_stage
 from sn.pipeline import events
 from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
 from sn.tasks import cancel_and_wait
@@ -33,6 +34,7 @@ class _Pending(NamedTuple):
     id: int
     queue: Queue
     payload: bytes
+    event: events.PipelineEvent
 
 
 class Outbox:
@@ -112,10 +114,11 @@ class OutboxRelay:
             if not rows:
                 return 0
             payloads = [bytes(row["payload"]) for row in rows]
-            queues = await asyncio.gather(*(self._route(events.decode(payload)) for payload in payloads))
+            decoded = [events.decode(payload) for payload in payloads]
+            queues = await asyncio.gather(*map(self._route, decoded))
             by_owner: dict[int, list[_Pending]] = defaultdict(list)
-            for row, payload, queue in zip(rows, payloads, queues, strict=True):
-                by_owner[row["owner_id"]].append(_Pending(row["owner_id"], row["id"], queue, payload))
+            for row, payload, event, queue in zip(rows, payloads, decoded, queues, strict=True):
+                by_owner[row["owner_id"]].append(_Pending(row["owner_id"], row["id"], queue, payload, event))
             outcomes = await asyncio.gather(*map(self._publish_in_order, by_owner.values()))
             confirmed = [item for done, _ in outcomes for item in done]
             if confirmed:
@@ -138,6 +141,8 @@ class OutboxRelay:
                 await self._bus.publish(item.queue, item.payload, message_id=str(item.id))
             except Exception as exc:
                 return items[:index], exc
+            if isinstance(item.event, events.PostEvent) and item.event.type == "post_created":
+                observe_post_stage("published", item.event.post_id)
         return items, None
 
     async def pending(self) -> int:

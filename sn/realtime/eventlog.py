@@ -33,7 +33,8 @@ ROUTED_PREFIX = "sn:rt:routed:"  # + an event's once_key + chunk: that chunk was
 # logged in between), so ids only ever grow for a socket; ~1.8e15 stays below 2^53 (JavaScript).
 
 # KEYS[1] log, KEYS[2] counter, KEYS[3..] streams; ARGV: body, author, now_ms, log_maxlen,
-# stream_maxlen, then one comma-separated recipient list per stream.
+# stream_maxlen, then one comma-separated recipient list per stream. Its stream entries are
+# marked paced ('p'): the celebrity's batches, late by design, stay out of the delivery metric.
 _ROUTE = """
 local id = redis.call('INCR', KEYS[2])
 local first = id == 1  -- a new counter: its first entry is marked ('s'), see replay
@@ -46,7 +47,7 @@ else
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], sid, 'b', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
 end
 for i = 3, #KEYS do
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', ARGV[i + 3])
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', ARGV[i + 3], 'p', '1')
   redis.call('EXPIRE', KEYS[i], 3600)
 end
 return id

@@ -19,6 +19,7 @@ import msgspec
 import redis.exceptions
 from redis.asyncio import Redis
 
+from sn.metrics import observe_post_stage
 from sn.protocol.encoding import PayloadCache
 from sn.protocol.messages import event_from_json
 from sn.realtime.hub import Hub
@@ -66,6 +67,10 @@ class StreamRouter:
             if event.event_id > self._hub.max_event_id:
                 self._hub.max_event_id = event.event_id
             self._hub.deliver(event, recipients, payloads)
+            # Written to the sockets' transports by now. Not a celebrity's batches ('p': paced by
+            # design), nor the test endpoint's posts (any id).
+            if event.type == "post_created" and b"p" not in fields and event.post_id.isdigit():
+                observe_post_stage("dispatched", int(event.post_id))
         self.entries += len(entries)
         return ids
 

@@ -115,6 +115,28 @@ async def test_followers_on_both_workers_and_all_tabs_receive(
     assert sum(1 for n in per_worker.values() if n > 0) == 2
 
 
+def stage_counts(client: httpx.Client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    pattern = r'^sn_post_delivery_stage_seconds_count\{stage="(\w+)"\} (\S+)$'
+    return {stage: float(value) for stage, value in re.findall(pattern, text, re.MULTILINE)}
+
+
+async def test_a_delivered_post_is_timed_at_every_stage_of_its_path(
+    client: httpx.Client, server: ServerProcess, make_user: Callable[..., User], sockets: list[ClientConnection]
+) -> None:
+    author, follower = make_user(), make_user()
+    follow(client, follower, author)
+    ws = await open_socket(server, follower)
+    sockets.append(ws)
+    before = stage_counts(client)
+    post_id = post(client, author, "timed")
+    assert (await recv_type(ws, "post_created"))["data"]["post_id"] == post_id
+    # Bus confirm, fan-out consumer, worker streams, router: each stage counted this post (the
+    # router's count is written after its sockets' writes, hence eventually).
+    stages = ("published", "consumed", "routed", "dispatched")
+    eventually(lambda: (c := stage_counts(client)) and all(c.get(s, 0) > before.get(s, 0) for s in stages) and c)
+
+
 async def test_stats_counts_a_user_with_tabs_on_two_workers_once(
     server: ServerProcess, make_user: Callable[..., User], client: httpx.Client, sockets: list[ClientConnection]
 ) -> None:
