@@ -20,6 +20,7 @@ from sn.citus.coordinator import Db, Mode, cluster_lock, cluster_mode, dedicated
 from sn.citus.errors import ClusterError
 from sn.citus.nodes import NodeAddress
 from sn.citus.plan import COLOCATION_ANCHOR
+from sn.storage.db import id_array
 
 # The name of the logger from before the package was split, so that the log lines stay the same.
 log = logging.getLogger("sn.cluster")
@@ -230,7 +231,7 @@ class HotPromoter:
         known = {
             int(row["user_id"])
             for row in await self._pool.fetch(
-                "SELECT user_id FROM hot_users WHERE user_id = ANY($1::bigint[])", candidates
+                "SELECT user_id FROM hot_users WHERE user_id = ANY($1::text[]::bigint[])", id_array(candidates)
             )
         }
         todo = [user for user in candidates if user not in known]

@@ -16,6 +16,7 @@ import asyncpg
 from sn.citus.coordinator import Db, citus_unavailable_reason, cluster_mode, distribution, hot_worker, schema_tables
 from sn.citus.nodes import NodeAddress, address_of_url
 from sn.citus.plan import COLOCATION_ANCHOR, COORDINATOR_LOCAL, DISTRIBUTED, REFERENCE, STRATEGY
+from sn.storage.db import id_array
 
 
 async def cluster_status(conn: asyncpg.Connection, *, database_url: str | None = None) -> dict[str, Any]:
@@ -236,11 +237,11 @@ async def _hot_users(
             int(row["user_id"]): row
             for row in await conn.fetch(
                 "SELECT k.user_id, s.shardid, s.shardminvalue = s.shardmaxvalue AS isolated, n.nodename, n.nodeport"
-                " FROM unnest($1::bigint[]) AS k(user_id)"
+                " FROM unnest($1::text[]::bigint[]) AS k(user_id)"
                 " JOIN pg_dist_shard s ON s.shardid = get_shard_id_for_distribution_column($2::regclass, k.user_id)"
                 " JOIN pg_dist_placement p ON p.shardid = s.shardid"
                 " JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'",
-                [int(row["user_id"]) for row in hot_rows],
+                id_array(int(row["user_id"]) for row in hot_rows),
                 COLOCATION_ANCHOR,
             )
         }

@@ -21,6 +21,7 @@ import asyncpg
 from sn.metrics import observe_post_stage
 from sn.pipeline import events
 from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
+from sn.storage.db import id_array
 from sn.tasks import cancel_and_wait
 
 log = logging.getLogger("sn.pipeline.outbox")
@@ -123,10 +124,10 @@ class OutboxRelay:
             confirmed = [item for done, _ in outcomes for item in done]
             if confirmed:
                 await conn.execute(
-                    "DELETE FROM outbox o USING unnest($1::bigint[], $2::bigint[]) AS k(owner_id, id)"
+                    "DELETE FROM outbox o USING unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, id)"
                     " WHERE o.owner_id = k.owner_id AND o.id = k.id",
-                    [item.owner_id for item in confirmed],
-                    [item.id for item in confirmed],
+                    id_array(item.owner_id for item in confirmed),
+                    id_array(item.id for item in confirmed),
                 )
         self.published += len(confirmed)
         failures = [error for _, error in outcomes if error is not None]

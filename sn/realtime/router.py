@@ -66,10 +66,11 @@ class StreamRouter:
             recipients = [int(r) for r in fields[b"r"].split(b",") if r]
             if event.event_id > self._hub.max_event_id:
                 self._hub.max_event_id = event.event_id
-            self._hub.deliver(event, recipients, payloads)
+            reached = self._hub.deliver(event, recipients, payloads)
             # Written to the sockets' transports by now. Not a celebrity's batches ('p': paced by
-            # design), nor the test endpoint's posts (any id).
-            if event.type == "post_created" and b"p" not in fields and event.post_id.isdigit():
+            # design), nor the test endpoint's posts (any id), nor entries that reached no socket
+            # (a restarted worker claiming what its predecessor left: its sockets are gone).
+            if reached and event.type == "post_created" and b"p" not in fields and event.post_id.isdigit():
                 observe_post_stage("dispatched", int(event.post_id))
         self.entries += len(entries)
         return ids

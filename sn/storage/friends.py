@@ -13,6 +13,7 @@ import asyncpg
 
 from sn.pipeline.events import FollowEvent
 from sn.pipeline.outbox import Outbox
+from sn.storage.db import id_array
 
 
 class FriendRepository:
@@ -77,9 +78,9 @@ class FriendRepository:
     async def followers_among(self, author_id: int, candidates: Sequence[int]) -> list[int]:
         """Which of ``candidates`` follow the author: index lookups, however many followers."""
         rows = await self._pool.fetch(
-            "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id = ANY($2::bigint[])",
+            "SELECT follower_id FROM followers WHERE author_id = $1 AND follower_id = ANY($2::text[]::bigint[])",
             author_id,
-            list(candidates),
+            id_array(candidates),
         )
         return [row[0] for row in rows]
 

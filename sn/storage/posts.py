@@ -9,6 +9,7 @@ import asyncpg
 
 from sn.pipeline.events import PostEvent
 from sn.pipeline.outbox import Outbox
+from sn.storage.db import id_array
 from sn.storage.shard_reads import PoolReads, ShardReads
 
 
@@ -79,10 +80,10 @@ class PostRepository:
             return []
         rows = await self._pool.fetch(
             "SELECT p.id, p.author_id, p.text, p.created_at FROM posts p"
-            " JOIN unnest($1::bigint[], $2::bigint[]) AS k(author_id, id)"
+            " JOIN unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(author_id, id)"
             " ON p.author_id = k.author_id AND p.id = k.id",
-            [author for author, _ in keys],
-            [post for _, post in keys],
+            id_array(author for author, _ in keys),
+            id_array(post for _, post in keys),
         )
         return [_to_post(row) for row in rows]
 
@@ -123,9 +124,9 @@ class PostRepository:
         if not authors:
             return []
         rows = await self._pool.fetch(
-            "SELECT id, author_id FROM posts WHERE author_id = ANY($1::bigint[]) AND id < $2"
+            "SELECT id, author_id FROM posts WHERE author_id = ANY($1::text[]::bigint[]) AND id < $2"
             " ORDER BY id DESC OFFSET $3 LIMIT $4",
-            authors,
+            id_array(authors),
             before if before is not None else (1 << 63) - 1,
             offset,
             limit,
