@@ -400,6 +400,10 @@ async def load_graph(db: str, threshold: int, online: int) -> Graph:
         )
     finally:
         await conn.close()
+    if len(online_ids) >= threshold:
+        # Over the threshold too: promoted by hand with the others, or the app would move it once the final fan-out
+        # caches its follower count, and the end-of-run check would find that move still running.
+        over.append(mid)
     return Graph(celebrity, celebrity_n, rising, rising_n, over, mid, online_ids, users, following)
 
 

@@ -24,8 +24,10 @@ from sn.connections import startup_connection
 from sn.fanout.celebrity import CelebrityActor, QueueRouter
 from sn.fanout.live_settings import CelebritySettings, LiveSettings
 from sn.fanout.normal import FanoutConsumer
+from sn.fanout.warmer import FeedWarmer
 from sn.feed import FeedService
 from sn.ids import IdGenerator
+from sn.keyed_limit import KeyedLimit
 from sn.pipeline.bus import FeedBus
 from sn.pipeline.factory import create_bus
 from sn.pipeline.outbox import Outbox, OutboxRelay
@@ -82,6 +84,8 @@ class Services:
     presence: Presence
     eventlog: EventLog
     fanout: FanoutConsumer
+    warmer: FeedWarmer
+    follow_gate: KeyedLimit[int]
     celebrity: CelebrityActor
     conn_limits: ConnectionLimits
     shard_reads: ShardReads | None = None
@@ -162,6 +166,7 @@ class Services:
             redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
         )
         await presence.forget_worker(hub.stream_key)
+        warmer = FeedWarmer(feed.rebuild, rate=settings.feed_warm_rate)
         services = cls(
             settings=settings,
             pool=pool,
@@ -202,7 +207,9 @@ class Services:
             ),
             presence=presence,
             eventlog=eventlog,
-            fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog),
+            fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog, warmer=warmer),
+            warmer=warmer,
+            follow_gate=KeyedLimit(settings.follow_concurrency_per_user),
             celebrity=CelebrityActor(
                 redis=redis, feed=feed, social=social, presence=presence, eventlog=eventlog, live=live
             ),
@@ -240,6 +247,7 @@ class Services:
                 critical=True,
             ),
             supervised("live-settings", self.live.poll),
+            supervised("feed-warmer", self.warmer.run),
             supervised("conn-limits", self.conn_limits.heartbeat),
             supervised("fanout", lambda: self.bus.consume("feed", self.fanout.handle, prefetch=64), critical=True),
             # One celebrity fan-out at a time per worker: its batches are paced, not parallel.

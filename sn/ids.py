@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 GENERATOR_BITS = 10
@@ -69,3 +70,16 @@ def parse_id(raw: str | int) -> int | None:
         return None
     value = int(raw)
     return value if 0 < value <= MAX_ID else None
+
+
+def id_array(ids: Iterable[int]) -> list[str]:
+    """Ids for a ``$n::text[]::bigint[]`` parameter: write arrays of ids that way, never ``$n::bigint[]``.
+
+    asyncpg has built-in codecs for text[] but not for bigint[]: the first bigint[] parameter on
+    each new connection sends its type-introspection query, whose correlated scans of pg_class cost
+    ~350 ms on a Citus coordinator (its catalog has ~250 composite types; ~7 ms on plain
+    PostgreSQL). Every fresh pool connection paid it inside a request, or in the outbox relay's
+    first DELETE (posts behind it waited as long). The cast happens once per statement on the
+    server; Citus prunes shards on it as on a bigint[] parameter.
+    """
+    return [str(value) for value in ids]

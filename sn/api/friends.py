@@ -31,9 +31,10 @@ async def _target(request: Request, raw: str) -> tuple[int, int]:
 async def set_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)
-    if await app.friends.follow(me, friend):
-        await app.feed.follow_changed(me, friend)
-        app.relay.nudge()
+    async with app.follow_gate.hold(friend):  # a burst of follows of one user queues here (sn.keyed_limit)
+        if await app.friends.follow(me, friend):
+            await app.feed.follow_changed(me, friend)
+            app.relay.nudge()
     return json_response(Message(message="friend added"))
 
 
@@ -42,7 +43,8 @@ async def set_friend(request: Request, user_id: str) -> HTTPResponse:
 async def delete_friend(request: Request, user_id: str) -> HTTPResponse:
     app = services(request)
     me, friend = await _target(request, user_id)
-    if await app.friends.unfollow(me, friend):
-        await app.feed.follow_changed(me, friend)
-        app.relay.nudge()
+    async with app.follow_gate.hold(friend):
+        if await app.friends.unfollow(me, friend):
+            await app.feed.follow_changed(me, friend)
+            app.relay.nudge()
     return json_response(Message(message="friend removed"))

@@ -20,7 +20,7 @@ from sn.citus.coordinator import Db, Mode, cluster_lock, cluster_mode, dedicated
 from sn.citus.errors import ClusterError
 from sn.citus.nodes import NodeAddress
 from sn.citus.plan import COLOCATION_ANCHOR
-from sn.storage.db import id_array
+from sn.ids import id_array
 
 # The name of the logger from before the package was split, so that the log lines stay the same.
 log = logging.getLogger("sn.cluster")
@@ -188,6 +188,9 @@ class HotPromoter:
     and the others skip. Only on Citus: on a single node there is nothing to move. Users demoted
     by hand (hot = false) are left alone.
 
+    A promotion that was recorded but not finished (its process killed during a move, a step
+    that failed) is finished by a later round of any process, before any new one starts.
+
     Bounded on purpose: one promotion per round, and none beyond `max_hot` hot users. Each
     isolation adds shards to every colocated table and the hot worker is one machine, so a
     threshold lowered by mistake (it is a live setting) must not start moving thousands of users.
@@ -223,24 +226,30 @@ class HotPromoter:
         return self._mode
 
     async def round(self) -> list[int]:
-        """One pass; returns the users promoted."""
+        """One pass; returns the users promoted (or whose promotion it finished)."""
         self.last_error = None
         candidates = [user for user, _ in await self._celebrities(self._threshold())]
-        if not candidates or await self._current_mode() != "citus":
+        if await self._current_mode() != "citus":
             return []
-        known = {
-            int(row["user_id"])
-            for row in await self._pool.fetch(
-                "SELECT user_id FROM hot_users WHERE user_id = ANY($1::text[]::bigint[])", id_array(candidates)
-            )
-        }
-        todo = [user for user in candidates if user not in known]
+        # First the promotions something interrupted (a process killed in a move, a failed step):
+        # recorded hot, so no longer candidates, their rows would otherwise stay where they were.
+        todo = await self._unfinished()
+        if not todo and candidates:
+            known = {
+                int(row["user_id"])
+                for row in await self._pool.fetch(
+                    "SELECT user_id FROM hot_users WHERE user_id = ANY($1::text[]::bigint[])", id_array(candidates)
+                )
+            }
+            todo = [user for user in candidates if user not in known]
+            if not todo:
+                return []
+            hot = int(await self._pool.fetchval("SELECT count(*) FROM hot_users WHERE hot") or 0)
+            if hot >= self._max_hot:
+                self.last_error = f"{len(todo)} user(s) over the threshold not promoted: {hot} hot users already"
+                log.warning("automatic promotion paused: %s", self.last_error)
+                return []
         if not todo:
-            return []
-        hot = int(await self._pool.fetchval("SELECT count(*) FROM hot_users WHERE hot") or 0)
-        if hot >= self._max_hot:
-            self.last_error = f"{len(todo)} user(s) over the threshold not promoted: {hot} hot users already"
-            log.warning("automatic promotion paused: %s", self.last_error)
             return []
         async with dedicated_connection(self._url) as conn:
             for user in todo:
@@ -253,6 +262,24 @@ class HotPromoter:
                 self.promoted += 1
                 return [user]  # one per round (see the class docstring)
         return []
+
+    async def _unfinished(self) -> list[int]:
+        """Hot users whose rows are not on the hot worker (none while no hot worker is recorded)."""
+        async with self._pool.acquire() as conn:
+            hot = await hot_worker(conn)
+            if hot is None:
+                return []
+            rows = await conn.fetch(
+                "SELECT h.user_id FROM hot_users h"
+                " JOIN pg_dist_placement p"
+                " ON p.shardid = get_shard_id_for_distribution_column($1::regclass, h.user_id)"
+                " JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'"
+                " WHERE h.hot AND NOT (n.nodename = $2 AND n.nodeport = $3) ORDER BY h.changed_at",
+                COLOCATION_ANCHOR,
+                hot.host,
+                hot.port,
+            )
+        return [int(row["user_id"]) for row in rows]
 
     async def run(self) -> None:
         while True:

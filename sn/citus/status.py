@@ -16,7 +16,7 @@ import asyncpg
 from sn.citus.coordinator import Db, citus_unavailable_reason, cluster_mode, distribution, hot_worker, schema_tables
 from sn.citus.nodes import NodeAddress, address_of_url
 from sn.citus.plan import COLOCATION_ANCHOR, COORDINATOR_LOCAL, DISTRIBUTED, REFERENCE, STRATEGY
-from sn.storage.db import id_array
+from sn.ids import id_array
 
 
 async def cluster_status(conn: asyncpg.Connection, *, database_url: str | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
+from sn.fanout.warmer import FeedWarmer
 from sn.feed import FeedService
 from sn.ids import timestamp_ms
 from sn.metrics import metrics, observe_post_stage
@@ -46,8 +47,11 @@ def _once_key(event: events.PostEvent, body: bytes) -> str:
 
 
 class FanoutConsumer:
-    def __init__(self, *, feed: FeedService, social: SocialCache, presence: Presence, eventlog: EventLog) -> None:
+    def __init__(
+        self, *, feed: FeedService, social: SocialCache, presence: Presence, eventlog: EventLog, warmer: FeedWarmer
+    ) -> None:
         self._feed = feed
+        self._warmer = warmer
         self._social = social
         self._presence = presence
         self._eventlog = eventlog
@@ -58,8 +62,8 @@ class FanoutConsumer:
         event = events.decode(raw)
         if isinstance(event, events.FollowEvent):
             await self._feed.apply_follow(event.user_id, event.friend_id)
-            # Warm the follower's feed so their next read is a cache hit.
-            await self._feed.rebuild(event.user_id)
+            # Their next read a cache hit: rebuilt in the background, paced (see FeedWarmer).
+            self._warmer.schedule(event.user_id)
         else:
             if event.type == "post_created":
                 observe_post_stage("consumed", event.post_id)
@@ -75,4 +79,4 @@ class FanoutConsumer:
         self.handled += 1
 
     def stats(self) -> dict[str, Any]:
-        return {"handled": self.handled}
+        return {"handled": self.handled, "feed_warmups": self._warmer.stats()}

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from sn.ids import id_array
 from sn.metrics import observe_post_stage
 from sn.pipeline import events
 from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
-from sn.storage.db import id_array
 from sn.tasks import cancel_and_wait
 
 log = logging.getLogger("sn.pipeline.outbox")

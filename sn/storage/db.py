@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import asyncpg
 import orjson
 
 from sn.settings import Settings
-
-
-def id_array(ids: Iterable[int]) -> list[str]:
-    """Ids for a ``$n::text[]::bigint[]`` parameter: write arrays of ids that way, never ``$n::bigint[]``.
-
-    asyncpg has built-in codecs for text[] but not for bigint[]: the first bigint[] parameter on
-    each new connection sends its type-introspection query, whose correlated scans of pg_class cost
-    ~350 ms on a Citus coordinator (its catalog has ~250 composite types; ~7 ms on plain
-    PostgreSQL). Every fresh pool connection paid it inside a request, or in the outbox relay's
-    first DELETE (posts behind it waited as long). The cast happens once per statement on the
-    server; Citus prunes shards on it as on a bigint[] parameter.
-    """
-    return [str(value) for value in ids]
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from sn.ids import id_array
 from sn.pipeline.events import FollowEvent
 from sn.pipeline.outbox import Outbox
-from sn.storage.db import id_array
 
 
 class FriendRepository:

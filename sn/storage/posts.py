@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from sn.ids import id_array
 from sn.pipeline.events import PostEvent
 from sn.pipeline.outbox import Outbox
-from sn.storage.db import id_array
 from sn.storage.shard_reads import PoolReads, ShardReads
 
 

@@ -207,3 +207,21 @@ async def test_demotion_moves_the_user_back_and_automatic_promotion_respects_it(
     assert rising in hot
     assert star not in hot
     assert {port for _, port, _ in (await helpers.placements(conn, rising)).values()} == {helpers.hot()[1]}
+
+
+@pytest.mark.citus
+async def test_a_promotion_interrupted_after_its_record_is_finished_by_the_promoter(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, citus_db: tuple[str, InitResult]
+) -> None:
+    # What `promote` leaves when its process dies right after recording the user (its first step): hot, not moved.
+    user = await helpers.make_user(pool, posts=2)
+    await conn.execute("INSERT INTO hot_users (user_id, hot, reason) VALUES ($1, true, 'auto')", user)
+    assert helpers.hot()[1] not in {port for _, port, _ in (await helpers.placements(conn, user)).values()}
+
+    async def nobody(threshold: int) -> list[tuple[int, int]]:
+        return []  # no new candidate: the round is about the unfinished one alone
+
+    promoter = hot_users.HotPromoter(citus_db[0], pool, nobody, lambda: 1000)
+    assert await promoter.round() == [user]
+    assert {port for _, port, _ in (await helpers.placements(conn, user)).values()} == {helpers.hot()[1]}
+    assert await promoter.round() == []
