@@ -1,4 +1,4 @@
-"""Arrays of ids reach PostgreSQL without asyncpg's type introspection (see sn.storage.db.id_array).
+"""Arrays of ids reach PostgreSQL without asyncpg's type introspection (see sn.ids.id_array).
 
 On a Citus coordinator that introspection costs ~350 ms per new connection; here it is only observed, through
 asyncpg's query logger, on a fresh connection to the real database.
