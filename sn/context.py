@@ -166,7 +166,7 @@ class Services:
             redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
         )
         await presence.forget_worker(hub.stream_key)
-        warmer = FeedWarmer(feed.rebuild, rate=settings.feed_warm_rate)
+        warmer = FeedWarmer(feed.warm, rate=settings.feed_warm_rate)
         services = cls(
             settings=settings,
             pool=pool,

@@ -113,6 +113,14 @@ class FeedService:
     async def rebuild(self, user_id: int) -> None:
         await self._rebuild(user_id)
 
+    async def warm(self, user_id: int) -> bool:
+        """Rebuild the user's feed unless it is cached already (a read since the follow change rebuilt it, or
+        is rebuilding it); True when it rebuilt."""
+        if await self._feeds.exists(user_id):
+            return False
+        await self._rebuild(user_id)
+        return True
+
     async def _recent_of(self, author_id: int, limit: int, before: int | None) -> Keys:
         cached = await self._author_posts.page(author_id, offset=0, limit=limit, before=before)
         if cached.hit and not cached.exhausted:

@@ -91,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     follow_concurrency_per_user: int = 1
     # Followers' feeds rebuilt ahead of their next read after a follow change, per worker and
     # second, in the background (sn.fanout.warmer). 0: no warm-ups (reads rebuild).
-    feed_warm_rate: float = 10.0
+    feed_warm_rate: float = 2.0
     dialog_max_chars: int = 4_096
 
     # Real-time feed (the seed's names are accepted too, see _FALLBACKS).

@@ -5,8 +5,9 @@ right); rebuilding it ahead of that read is an optimisation. The rebuild reads t
 of everyone the user follows: on Citus a multi-shard query. Done inline by the fan-out consumer,
 a burst of follows ran one per follow at once on every worker, and normal posts in flight (same
 queue, same loop, same database) waited behind them. Here a worker rebuilds one feed at a time,
-at most `rate` a second; a user waiting twice is rebuilt once; past `capacity` waiting users, new
-ones are skipped: their next read rebuilds the feed, as it would have without a warm-up.
+at most `rate` a second; a user waiting twice is rebuilt once, and not at all when a read rebuilt
+the feed meanwhile; past `capacity` waiting users, new ones are skipped: their next read rebuilds
+the feed, as it would have without a warm-up.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("sn.fanout.warmer")
 
-Rebuild = Callable[[int], Awaitable[object]]
+# Rebuilds one user's feed; False when there was nothing to do (the feed is cached already).
+Rebuild = Callable[[int], Awaitable[bool]]
 
 
 class FeedWarmer:
@@ -30,6 +32,7 @@ class FeedWarmer:
         self._waiting: dict[int, None] = {}  # insertion-ordered set: first scheduled, first warmed
         self._wake = asyncio.Event()
         self.warmed = 0
+        self.cached = 0
         self.skipped = 0
         self.failed = 0
 
@@ -59,7 +62,9 @@ class FeedWarmer:
             del self._waiting[user_id]
             started = time.monotonic()
             try:
-                await self._rebuild(user_id)
+                if not await self._rebuild(user_id):
+                    self.cached += 1  # a read since the follow change rebuilt it: no query, no pause
+                    continue
                 self.warmed += 1
             except Exception as exc:  # a warm-up is optional: the next read rebuilds the feed
                 self.failed += 1
@@ -67,4 +72,10 @@ class FeedWarmer:
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
     def stats(self) -> dict[str, int]:
-        return {"waiting": self.waiting, "warmed": self.warmed, "skipped": self.skipped, "failed": self.failed}
+        return {
+            "waiting": self.waiting,
+            "warmed": self.warmed,
+            "cached": self.cached,
+            "skipped": self.skipped,
+            "failed": self.failed,
+        }

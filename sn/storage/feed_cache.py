@@ -229,6 +229,10 @@ class FeedCache:
         results = await self._mux.run_scripts([self._remove.call(chunk, values) for chunk in _chunks(keys, self.CHUNK)])
         return sum(int(result) for result in results)
 
+    async def exists(self, user_id: int) -> bool:
+        """Whether the user's feed is cached (or being rebuilt: BUILDING is a member too)."""
+        return bool(await self._redis.exists(self.key(user_id)))
+
     async def invalidate(self, user_id: int) -> None:
         await self._redis.delete(self.key(user_id), self._token_key(user_id))
 
