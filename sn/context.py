@@ -209,7 +209,7 @@ class Services:
             eventlog=eventlog,
             fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog, warmer=warmer),
             warmer=warmer,
-            follow_gate=KeyedLimit(settings.follow_concurrency_per_user),
+            follow_gate=KeyedLimit(settings.follow_concurrency_per_user, rate=settings.follow_rate_per_user),
             celebrity=CelebrityActor(
                 redis=redis, feed=feed, social=social, presence=presence, eventlog=eventlog, live=live
             ),

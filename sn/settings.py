@@ -89,6 +89,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Follows (and unfollows) of one user written at once per worker; more wait their turn (see
     # sn.keyed_limit). 0: no limit.
     follow_concurrency_per_user: int = 1
+    # ...and started at most this many times a second per worker (a burst is paced); 0: no pacing.
+    follow_rate_per_user: float = 10.0
     # Followers' feeds rebuilt ahead of their next read after a follow change, per worker and
     # second, in the background (sn.fanout.warmer). 0: no warm-ups (reads rebuild).
     feed_warm_rate: float = 2.0
@@ -251,8 +253,8 @@ def _validate(settings: Settings) -> None:
         problems.append("SN_LOOP_STALL_WARNING_MS must be > 0")
     if settings.loop_max_restarts < 0 or settings.loop_restart_window_seconds <= 0:
         problems.append("SN_LOOP_MAX_RESTARTS must be >= 0 and SN_LOOP_RESTART_WINDOW_SECONDS > 0")
-    if settings.follow_concurrency_per_user < 0 or settings.feed_warm_rate < 0:
-        problems.append("SN_FOLLOW_CONCURRENCY_PER_USER and SN_FEED_WARM_RATE must be >= 0 (0 disables)")
+    if min(settings.follow_concurrency_per_user, settings.follow_rate_per_user, settings.feed_warm_rate) < 0:
+        problems.append("SN_FOLLOW_CONCURRENCY_PER_USER, SN_FOLLOW_RATE_PER_USER, SN_FEED_WARM_RATE must be >= 0")
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
     if min(settings.ws_max_per_user, settings.ws_max_per_address, settings.ws_max_per_worker) < 0:

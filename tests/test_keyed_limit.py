@@ -76,3 +76,20 @@ async def test_zero_means_no_limit_and_a_negative_limit_is_refused() -> None:
     assert await _held_at_most(KeyedLimit(0), [3] * 5) == {3: 5}
     with pytest.raises(ValueError, match="per_key"):
         KeyedLimit(-1)
+
+
+async def test_with_a_rate_starts_of_one_key_are_spaced_and_other_keys_start_at_once() -> None:
+    limit: KeyedLimit[int] = KeyedLimit(0, rate=20)  # no cap on holders, at most 20 starts a second per key
+    loop = asyncio.get_running_loop()
+    starts: dict[int, list[float]] = {}
+
+    async def one(key: int) -> None:
+        async with limit.hold(key):
+            starts.setdefault(key, []).append(loop.time())
+
+    began = loop.time()
+    await asyncio.gather(*(one(1) for _ in range(3)), one(2))
+    first, _, third = sorted(starts[1])
+    assert third - first >= 0.09  # two intervals of 50 ms
+    assert starts[2][0] - began < 0.05  # key 2 waited for nobody
+    assert limit.in_use() == 0
