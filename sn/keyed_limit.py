@@ -25,7 +25,7 @@ Key = TypeVar("Key")
 @dataclass
 class _Gate:
     slots: asyncio.Semaphore
-    users: int = 0  # holders and waiters: the entry lives only while someone uses it
+    users: int = 0  # holders and waiters: the entry lives while someone uses it (or its next slot is ahead)
     next_start: float = 0.0  # monotonic time before which the next holder may not start
 
 
@@ -59,7 +59,16 @@ class KeyedLimit(Generic[Key]):
         finally:
             gate.users -= 1
             if not gate.users:
-                del self._gates[key]
+                # Unused now; with a rate it is kept until its next slot, which the next start must wait for.
+                wait = gate.next_start - time.monotonic()
+                if wait > 0:
+                    asyncio.get_running_loop().call_later(wait, self._forget, key, gate)
+                else:
+                    del self._gates[key]
+
+    def _forget(self, key: Key, gate: _Gate) -> None:
+        if self._gates.get(key) is gate and not gate.users:
+            del self._gates[key]
 
     def in_use(self) -> int:
         """Keys with a holder or a waiter (for /stats and tests)."""

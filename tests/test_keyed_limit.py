@@ -92,4 +92,9 @@ async def test_with_a_rate_starts_of_one_key_are_spaced_and_other_keys_start_at_
     first, _, third = sorted(starts[1])
     assert third - first >= 0.09  # two intervals of 50 ms
     assert starts[2][0] - began < 0.05  # key 2 waited for nobody
-    assert limit.in_use() == 0
+    # One at a time, each done before the next arrives: still spaced (the key's next slot outlives its holders).
+    await one(3)
+    await one(3)
+    assert starts[3][1] - starts[3][0] >= 0.045
+    await asyncio.sleep(0.06)
+    assert limit.in_use() == 0  # forgotten once no slot is ahead
