@@ -31,18 +31,26 @@ async def test_one_key_is_held_at_most_n_at_a_time_and_other_keys_are_not_held_u
     assert limit.in_use() == 0  # no entry left behind
 
 
-async def test_a_waiter_on_a_busy_key_does_not_block_a_free_key() -> None:
-    limit: KeyedLimit[int] = KeyedLimit(1)
+async def _taken_with_a_waiter(
+    limit: KeyedLimit[int], key: int
+) -> tuple[asyncio.Event, asyncio.Future[None], asyncio.Future[dict[int, int]]]:
+    """`key` held until the returned event is set, and a second task waiting for it."""
     release = asyncio.Event()
 
     async def holder() -> None:
-        async with limit.hold(1):
+        async with limit.hold(key):
             await release.wait()
 
     task = asyncio.ensure_future(holder())
     await asyncio.sleep(0)
-    waiter = asyncio.ensure_future(_held_at_most(limit, [1]))
+    waiter = asyncio.ensure_future(_held_at_most(limit, [key]))
     await asyncio.sleep(0.01)
+    return release, task, waiter
+
+
+async def test_a_waiter_on_a_busy_key_does_not_block_a_free_key() -> None:
+    limit: KeyedLimit[int] = KeyedLimit(1)
+    release, task, waiter = await _taken_with_a_waiter(limit, 1)
     assert not waiter.done()  # key 1 is taken
     assert await asyncio.wait_for(_held_at_most(limit, [2]), 1) == {2: 1}
     assert limit.in_use() == 1
@@ -54,16 +62,7 @@ async def test_a_waiter_on_a_busy_key_does_not_block_a_free_key() -> None:
 
 async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     limit: KeyedLimit[int] = KeyedLimit(1)
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with limit.hold(5):
-            await release.wait()
-
-    task = asyncio.ensure_future(holder())
-    await asyncio.sleep(0)
-    waiter = asyncio.ensure_future(_held_at_most(limit, [5]))
-    await asyncio.sleep(0.01)
+    release, task, waiter = await _taken_with_a_waiter(limit, 5)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
