@@ -947,8 +947,14 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 promo["others_p99_during_ms"] = sc.log.p99(recorded, done, not_rising)
             rising_posts = [p for p, (_, _, k) in sc.committed.items() if k == "rising user"]
             promo["rising_posts_committed"] = len(rising_posts)
+            # Failed while the promotion ran (its follows start → 5 s after the move): a write in flight on the node
+            # SIGKILLed later is the node loss's, counted there.
+            promo_from = sc.events.get("rising user: follows start", 0.0)
+            promo_to = (done or sc.events["load stops"]) + 5
             promo["rising_posts_failed"] = sum(
-                1 for _, e, _, ok in sc.log.rows if e == "POST /post/create (rising user)" and not ok
+                1
+                for started, e, _, ok in sc.log.rows
+                if e == "POST /post/create (rising user)" and not ok and promo_from <= started <= promo_to
             )
             promo["rising_follows_failed"] = sum(
                 1 for _, e, _, ok in sc.log.rows if e == "PUT /friend/set (rising)" and not ok
@@ -1041,6 +1047,10 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             back = sc.events.get("node A started again", kill)
             result["node_loss"] = sc.node_loss | {
                 "posts_committed_while_down": sum(1 for _, s, _ in sc.committed.values() if kill <= s <= back),
+                # Requests in flight on node A when it died: a write is not retried (it may have committed).
+                "requests_failed_at_the_kill": sum(
+                    1 for started, _, _, ok in sc.log.rows if not ok and kill - 2 <= started <= kill + 2
+                ),
                 "celebrity_missing_on_sockets": missing_on_sockets,
                 "celebrity_covered_by_resync": covered_by_resync,
             }
