@@ -110,9 +110,6 @@ class FeedService:
         await self._feeds.commit_rebuild(user_id, token, newest)
         return newest, following
 
-    async def rebuild(self, user_id: int) -> None:
-        await self._rebuild(user_id)
-
     async def warm(self, user_id: int) -> bool:
         """Rebuild the user's feed unless it is cached already (a read since the follow change rebuilt it, or
         is rebuilding it); True when it rebuilt."""
