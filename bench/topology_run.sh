@@ -55,6 +55,8 @@ exec > >(tee "$OUT/output.txt") 2>&1
 # X-Forwarded-For): the per-address socket and upgrade-rate limits, meant for the internet, are lifted (0 = off).
 export SN_RATE_LIMIT_WRITE=0 SN_RATE_LIMIT_AUTH=0 SN_ACCESS_LOG=false SN_LOG_LEVEL=INFO
 export SN_WS_MAX_PER_ADDRESS=0 SN_WS_CONNECT_RATE=0
+# The slow-delivery log at the cross-node target: the node logs say where each late post waited.
+export SN_SLOW_DELIVERY_MS=${SN_SLOW_DELIVERY_MS:-40}
 # The balancer logs every request (haproxy-N.log in the results): the node that served it and HAProxy's timers.
 export TOPOLOGY_LB_LOG=1
 citus_env=(TOPOLOGY_DIR="$BASE/citus" TOPOLOGY_DATABASE=citus TOPOLOGY_DB_NAME="sn_topobench_$RUN_ID"

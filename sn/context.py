@@ -200,14 +200,21 @@ class Services:
             rate_limiter=RateLimiter(mux, window_seconds=settings.rate_limit_window_seconds),
             live=live,
             bus=bus,
-            relay=OutboxRelay(pool, bus, QueueRouter(social, live)),
+            relay=OutboxRelay(pool, bus, QueueRouter(social, live), slow_delivery_ms=settings.slow_delivery_ms),
             hub=hub,
             conn_limits=ConnectionLimits(
                 mux, per_user=settings.ws_max_per_user, per_address=settings.ws_max_per_address
             ),
             presence=presence,
             eventlog=eventlog,
-            fanout=FanoutConsumer(feed=feed, social=social, presence=presence, eventlog=eventlog, warmer=warmer),
+            fanout=FanoutConsumer(
+                feed=feed,
+                social=social,
+                presence=presence,
+                eventlog=eventlog,
+                warmer=warmer,
+                slow_delivery_ms=settings.slow_delivery_ms,
+            ),
             warmer=warmer,
             follow_gate=KeyedLimit(settings.follow_concurrency_per_user, rate=settings.follow_rate_per_user),
             celebrity=CelebrityActor(

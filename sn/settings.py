@@ -94,6 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Followers' feeds rebuilt ahead of their next read after a follow change, per worker and
     # second, in the background (sn.fanout.warmer). 0: no warm-ups (reads rebuild).
     feed_warm_rate: float = 2.0
+    # A pipeline step (outbox drain, fan-out) that carries a new post older than this logs where
+    # its time went (logger sn.delivery.slow, sn.pipeline.slow_log). 0: never.
+    slow_delivery_ms: float = 250.0
     dialog_max_chars: int = 4_096
 
     # Real-time feed (the seed's names are accepted too, see _FALLBACKS).
@@ -253,8 +256,19 @@ def _validate(settings: Settings) -> None:
         problems.append("SN_LOOP_STALL_WARNING_MS must be > 0")
     if settings.loop_max_restarts < 0 or settings.loop_restart_window_seconds <= 0:
         problems.append("SN_LOOP_MAX_RESTARTS must be >= 0 and SN_LOOP_RESTART_WINDOW_SECONDS > 0")
-    if min(settings.follow_concurrency_per_user, settings.follow_rate_per_user, settings.feed_warm_rate) < 0:
-        problems.append("SN_FOLLOW_CONCURRENCY_PER_USER, SN_FOLLOW_RATE_PER_USER, SN_FEED_WARM_RATE must be >= 0")
+    if (
+        min(
+            settings.follow_concurrency_per_user,
+            settings.follow_rate_per_user,
+            settings.feed_warm_rate,
+            settings.slow_delivery_ms,
+        )
+        < 0
+    ):
+        problems.append(
+            "SN_FOLLOW_CONCURRENCY_PER_USER, SN_FOLLOW_RATE_PER_USER, SN_FEED_WARM_RATE,"
+            " SN_SLOW_DELIVERY_MS must be >= 0"
+        )
     if settings.password_hash_concurrency < 1:
         problems.append("SN_PASSWORD_HASH_CONCURRENCY must be >= 1")
     if min(settings.ws_max_per_user, settings.ws_max_per_address, settings.ws_max_per_worker) < 0:

@@ -130,6 +130,9 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
         "SN_WS_MAX_PER_ADDRESS": "0",
         "SN_WS_MAX_PER_USER": "0",
         "SN_LOG_LEVEL": "INFO",
+        # Every post counts as late: the slow-delivery log's lines are checked against the real
+        # pipeline (tests/api/test_ws.py), at one line per drain and per fan-out.
+        "SN_SLOW_DELIVERY_MS": "0.001",
         # Servers sharing a Redis database would otherwise compete for one pipeline (and steal
         # each other's events) when two test sessions overlap on one machine.
         "SN_BUS_PREFIX": f"sntest{uuid.uuid4().hex[:8]}",

@@ -17,6 +17,7 @@ from sn.feed import FeedService
 from sn.ids import timestamp_ms
 from sn.metrics import metrics, observe_post_stage
 from sn.pipeline import events
+from sn.pipeline.slow_log import PhaseClock, report
 from sn.protocol.messages import Event, event_to_json
 from sn.realtime.eventlog import EventLog
 from sn.realtime.presence import Presence
@@ -48,8 +49,16 @@ def _once_key(event: events.PostEvent, body: bytes) -> str:
 
 class FanoutConsumer:
     def __init__(
-        self, *, feed: FeedService, social: SocialCache, presence: Presence, eventlog: EventLog, warmer: FeedWarmer
+        self,
+        *,
+        feed: FeedService,
+        social: SocialCache,
+        presence: Presence,
+        eventlog: EventLog,
+        warmer: FeedWarmer,
+        slow_delivery_ms: float = 0.0,
     ) -> None:
+        self._slow_delivery_ms = slow_delivery_ms
         self._feed = feed
         self._warmer = warmer
         self._social = social
@@ -65,13 +74,20 @@ class FanoutConsumer:
             # Their next read a cache hit: rebuilt in the background, paced (see FeedWarmer).
             self._warmer.schedule(event.user_id)
         else:
+            clock, consumed_age = PhaseClock(), 0.0
             if event.type == "post_created":
                 observe_post_stage("consumed", event.post_id)
+                consumed_age = time.time() - timestamp_ms(event.post_id) / 1000
             followers = await self._social.followers(event.author_id)
+            clock.mark("followers")
             await self._feed.apply(event, followers)
+            clock.mark("feeds")
             body = realtime_body(event)
             await self._eventlog.route_to_followers(body, event.author_id, followers, once_key=_once_key(event, body))
+            clock.mark("route")
             if event.type == "post_created":  # the id's timestamp is the post's creation time
+                detail = f"; consumed at {consumed_age * 1000:.0f} ms, {len(followers)} followers"
+                report("its fan-out", [event.post_id], self._slow_delivery_ms, clock, detail)
                 lag = time.time() - timestamp_ms(event.post_id) / 1000
                 metrics().fanout_latency.observe(lag)
                 metrics().delivery_stage.labels("routed").observe(lag)

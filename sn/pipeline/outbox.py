@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import asyncpg
 
@@ -22,6 +23,7 @@ from sn.ids import id_array
 from sn.metrics import observe_post_stage
 from sn.pipeline import events
 from sn.pipeline.bus import BusUnavailable, FeedBus, Queue
+from sn.pipeline.slow_log import PhaseClock, report
 from sn.tasks import cancel_and_wait
 
 log = logging.getLogger("sn.pipeline.outbox")
@@ -54,12 +56,22 @@ class Outbox:
 class OutboxRelay:
     BATCH = 200
 
-    def __init__(self, pool: asyncpg.Pool, bus: FeedBus, route: Router, *, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: FeedBus,
+        route: Router,
+        *,
+        sweep_interval: float = 1.0,
+        slow_delivery_ms: float = 0.0,
+    ) -> None:
         self._pool = pool
         self._bus = bus
         self._route = route
         self._sweep_interval = sweep_interval
+        self._slow_delivery_ms = slow_delivery_ms
         self._wake = asyncio.Event()
+        self._nudged_at: float | None = None  # the first nudge not yet answered by a drain, for the slow log
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self.failures = 0
@@ -69,6 +81,8 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     def nudge(self) -> None:
+        if self._nudged_at is None:
+            self._nudged_at = time.perf_counter()
         self._wake.set()
 
     async def stop(self) -> None:
@@ -108,33 +122,53 @@ class OutboxRelay:
         the next round retries, and the failure is raised once the confirmed rows are gone (so
         a partial failure republishes nothing that the bus already confirmed).
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT owner_id, id, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.BATCH
-            )
-            if not rows:
-                return 0
-            payloads = [bytes(row["payload"]) for row in rows]
-            decoded = [events.decode(payload) for payload in payloads]
-            queues = await asyncio.gather(*map(self._route, decoded))
-            by_owner: dict[int, list[_Pending]] = defaultdict(list)
-            for row, payload, event, queue in zip(rows, payloads, decoded, queues, strict=True):
-                by_owner[row["owner_id"]].append(_Pending(row["owner_id"], row["id"], queue, payload, event))
-            outcomes = await asyncio.gather(*map(self._publish_in_order, by_owner.values()))
-            confirmed = [item for done, _ in outcomes for item in done]
-            if confirmed:
-                await conn.execute(
-                    "DELETE FROM outbox o USING unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, id)"
-                    " WHERE o.owner_id = k.owner_id AND o.id = k.id",
-                    id_array(item.owner_id for item in confirmed),
-                    id_array(item.id for item in confirmed),
-                )
+        # The slow log's phases start at the nudge this drain answers: waiting for the previous
+        # drain to finish is part of a post's delay.
+        clock = PhaseClock(self._nudged_at)
+        self._nudged_at = None
+        clock.mark("waited")
+        async with self._pool.acquire() as conn:
+            clock.mark("acquire")
+            async with conn.transaction():
+                confirmed, outcomes = await self._drain(conn, clock)
+            clock.mark("commit")
         self.published += len(confirmed)
+        posts = [item.event.post_id for item in confirmed if _is_new_post(item.event)]
+        report("the outbox relay", posts, self._slow_delivery_ms, clock, f"; {len(confirmed)} rows")
         failures = [error for _, error in outcomes if error is not None]
         if failures:
             # BusUnavailable first: it is the expected failure, retried quietly with backoff.
             raise next((f for f in failures if isinstance(f, BusUnavailable)), failures[0])
         return len(confirmed)
+
+    async def _drain(
+        self, conn: Any, clock: PhaseClock
+    ) -> tuple[list[_Pending], list[tuple[list[_Pending], Exception | None]]]:
+        rows = await conn.fetch(
+            "SELECT owner_id, id, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.BATCH
+        )
+        clock.mark("select")
+        if not rows:
+            return [], []
+        payloads = [bytes(row["payload"]) for row in rows]
+        decoded = [events.decode(payload) for payload in payloads]
+        queues = await asyncio.gather(*map(self._route, decoded))
+        clock.mark("route")
+        by_owner: dict[int, list[_Pending]] = defaultdict(list)
+        for row, payload, event, queue in zip(rows, payloads, decoded, queues, strict=True):
+            by_owner[row["owner_id"]].append(_Pending(row["owner_id"], row["id"], queue, payload, event))
+        outcomes = await asyncio.gather(*map(self._publish_in_order, by_owner.values()))
+        clock.mark("publish")
+        confirmed = [item for done, _ in outcomes for item in done]
+        if confirmed:
+            await conn.execute(
+                "DELETE FROM outbox o USING unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, id)"
+                " WHERE o.owner_id = k.owner_id AND o.id = k.id",
+                id_array(item.owner_id for item in confirmed),
+                id_array(item.id for item in confirmed),
+            )
+            clock.mark("delete")
+        return confirmed, outcomes
 
     async def _publish_in_order(self, items: list[_Pending]) -> tuple[list[_Pending], Exception | None]:
         for index, item in enumerate(items):
@@ -142,9 +176,13 @@ class OutboxRelay:
                 await self._bus.publish(item.queue, item.payload, message_id=str(item.id))
             except Exception as exc:
                 return items[:index], exc
-            if isinstance(item.event, events.PostEvent) and item.event.type == "post_created":
+            if _is_new_post(item.event):
                 observe_post_stage("published", item.event.post_id)
         return items, None
 
     async def pending(self) -> int:
         return int(await self._pool.fetchval("SELECT count(*) FROM outbox") or 0)
+
+
+def _is_new_post(event: events.PipelineEvent) -> TypeGuard[events.PostEvent]:
+    return isinstance(event, events.PostEvent) and event.type == "post_created"

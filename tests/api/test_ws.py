@@ -135,6 +135,16 @@ async def test_a_delivered_post_is_timed_at_every_stage_of_its_path(
     # router's count is written after its sockets' writes, hence eventually).
     stages = ("published", "consumed", "routed", "dispatched")
     eventually(lambda: (c := stage_counts(client)) and all(c.get(s, 0) > before.get(s, 0) for s in stages) and c)
+    # The suite's server counts every post as late (SN_SLOW_DELIVERY_MS): its log says where each
+    # step of a post's path spent its time. A drain names the oldest post it carried (another
+    # test's, when they share one); a fan-out carries one post.
+    lines = server.log_tail(5000).splitlines()
+    relay = next(line for line in reversed(lines) if "after the outbox relay (waited=" in line)
+    assert all(f" {phase}=" in relay for phase in ("acquire", "select", "route", "publish", "delete", "commit"))
+    fanout = next(line for line in lines if f"slow delivery: post {post_id} " in line and "after its fan-out (" in line)
+    assert "(followers=" in fanout
+    assert all(f" {phase}=" in fanout for phase in ("feeds", "route"))
+    assert fanout.endswith(", 1 followers")
 
 
 async def test_stats_counts_a_user_with_tabs_on_two_workers_once(

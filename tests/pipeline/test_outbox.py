@@ -202,3 +202,32 @@ async def test_a_failed_owner_keeps_its_rows_and_the_confirmed_ones_are_not_repu
     assert await relay_ok.drain_once() == 3
     assert await _stream_post_ids(bus_ok, redis_url) == [(good, p) for p in good_posts] + [(bad, p) for p in bad_posts]
     assert await relay_ok.pending() == 0
+
+
+async def test_a_drain_carrying_a_late_post_logs_where_its_time_went(
+    pool: asyncpg.Pool, watched: Callable[..., Awaitable[_WatchedBus]], caplog: pytest.LogCaptureFixture
+) -> None:
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1005)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    author = ids.next_id()
+    late = (await posts.create(ids.next_id(), author, "late")).id
+    await asyncio.sleep(0.06)  # the post is 60 ms old before its drain starts
+    relay = OutboxRelay(pool, await watched(), _to_feed, slow_delivery_ms=50)
+    relay.nudge()
+
+    with caplog.at_level("INFO", logger="sn.delivery.slow"):
+        assert await relay.drain_once() == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sn.delivery.slow"]
+    assert line.startswith(f"slow delivery: post {late} ")
+    for phase in ("waited=", "acquire=", "select=", "route=", "publish=", "delete=", "commit="):
+        assert phase in line
+    assert line.endswith("; 1 rows")
+
+    # A post younger than the threshold logs nothing.
+    await posts.create(ids.next_id(), author, "on time")
+    caplog.clear()
+    quiet = OutboxRelay(pool, await watched(), _to_feed, slow_delivery_ms=5_000)
+    with caplog.at_level("INFO", logger="sn.delivery.slow"):
+        assert await quiet.drain_once() == 1
+    assert [r for r in caplog.records if r.name == "sn.delivery.slow"] == []
