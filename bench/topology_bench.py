@@ -188,6 +188,19 @@ class TopoFleet:
         self._inner.stop()
 
 
+async def settle(fleet: TopoFleet, *, at_least: float, at_most: float, quiet: float = 3.0) -> float:
+    """Wait until the fleet has had no frame for `quiet` seconds (at least `at_least`, at most `at_most`)."""
+    started = time.monotonic()
+    await asyncio.sleep(at_least)
+    frames, last_change = (await fleet.stats())["frames"], time.monotonic()
+    while time.monotonic() - started < at_most and time.monotonic() - last_change < quiet:
+        await asyncio.sleep(0.5)
+        now_frames = (await fleet.stats())["frames"]
+        if now_frames != frames:
+            frames, last_change = now_frames, time.monotonic()
+    return round(time.monotonic() - started, 1)
+
+
 # ================================================================== HTTP helpers
 
 
@@ -572,6 +585,7 @@ class Scenario:
     # (time, seconds late) of every wake-up of this process's own event loop: its stalls delay every timing here
     loop_lag: list[tuple[float, float]] = field(default_factory=list)
     probe_reconnects: int = 0
+    settled_s: float = 0.0  # how long the frames took to stop after the load
     probe_event_ids: dict[str, int] = field(default_factory=dict)  # post -> the event id its follower got it under
     # /metrics of each node: at the start, node A's just before its kill, both at the end
     stage_scrapes: dict[str, topology_trace.StageHistograms] = field(default_factory=dict)
@@ -868,10 +882,12 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 f"scenario: {connected['opened']} open, {connected['failed']} failed"
                 f" in {time.monotonic() - started:.1f} s"
             )
-            per_node = {}
-            for name, url in (("node-a", dep.node_a), ("node-b", dep.node_b)):
-                stats = (await http.get(url + "/stats", headers=dep.admin)).json()
-                per_node[name] = stats["websocket"]["connections_per_worker"]
+
+            async def sockets_per_worker() -> dict[str, Any]:
+                stats = (await http.get(dep.node_b + "/stats", headers=dep.admin)).json()["websocket"]
+                return {k: stats[k] for k in ("connections_per_worker", "rebalance_closes")}
+
+            per_node = await sockets_per_worker()
             await sc.scrape_stages(http_a, "node-a at the start", dep.node_a)
             await sc.scrape_stages(http_b, "node-b at the start", dep.node_b)
             sc.events["start"] = time.monotonic()
@@ -902,10 +918,13 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 timed[0].cancel()
                 sc.promotion.setdefault("error", "not on the hot worker when the load stopped")
             await asyncio.gather(timed[0], return_exceptions=True)
-            # Let replays and the last celebrity batches land.
-            await asyncio.sleep(args.settle)
+            # Let replays and the last celebrity batches land: a celebrity post made just before the load stopped
+            # is still being paced out (its batches take 10-35 s on two cores). Until no frame has come for 3 s.
+            sc.settled_s = await settle(fleet, at_least=args.settle, at_most=args.settle_max)
             receipts = await fleet.receipts()
             final = await fleet.stats()
+            # Node A came back empty: how far the workers' rebalancing had spread the sockets again.
+            per_node_end = await sockets_per_worker()
             await sc.scrape_stages(http_a, "node-a at the end", dep.node_a)
             await sc.scrape_stages(http_b, "node-b at the end", dep.node_b)
             end = sc.events["load stops"]
@@ -913,6 +932,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 "connected": connected["opened"],
                 "connect_failed": connected["failed"],
                 "connections_per_worker_at_start": per_node,
+                "connections_per_worker_at_the_end": per_node_end,
                 "events_s": {k: round(v - sc.events["start"], 2) for k, v in sc.events.items()},
                 "http_errors": sc.log.errors,
                 "load_average_before_after": [load_before, os.getloadavg()],
@@ -1053,6 +1073,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 ),
                 "celebrity_missing_on_sockets": missing_on_sockets,
                 "celebrity_covered_by_resync": covered_by_resync,
+                "settled_after_the_load_s": sc.settled_s,
             }
             result["node_loss"]["missing_in_feeds"] = await feed_check(http, dep, sc, pairs, graph, kill, back)
             result["final_fanout"] = await final_fanout(http, dep, graph, fleet, args)
@@ -1383,6 +1404,10 @@ def report(results: dict[str, Any]) -> str:
     lines.append(f"- final fan-out (normal path): {sc['final_fanout']}")
     lines.append(f"- promotion: {sc['promotion']}")
     lines.append(f"- node loss: {sc['node_loss']}")
+    lines.append(
+        f"- sockets per worker at the start / the end (with the rebalancing's closes): "
+        f"{sc.get('connections_per_worker_at_start')} / {sc.get('connections_per_worker_at_the_end')}"
+    )
     lines.append(f"- events: {sc['events_s']}")
     lines.append(f"- fleet: {sc['fleet']}; http errors: {sc['http_errors']}")
     lines.append(
@@ -1423,6 +1448,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kill-at", type=float, default=50)
     p.add_argument("--down-for", type=float, default=15)
     p.add_argument("--settle", type=float, default=10)
+    p.add_argument("--settle-max", type=float, default=40, help="longest wait for the last frames after the load")
     r = sub.add_parser("report")
     r.add_argument("out")
     args = parser.parse_args(argv)

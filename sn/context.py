@@ -35,6 +35,7 @@ from sn.realtime.connlimits import ConnectionLimits
 from sn.realtime.eventlog import EventLog
 from sn.realtime.hub import Hub
 from sn.realtime.presence import Presence
+from sn.realtime.rebalance import RebalancePolicy
 from sn.realtime.recovery import RedisRecovery
 from sn.realtime.restart_policy import RestartPolicy
 from sn.realtime.router import StreamRouter
@@ -163,7 +164,18 @@ class Services:
         presence = Presence(mux)
         eventlog = EventLog(mux)
         hub = Hub(
-            redis, presence, eventlog, node_id=node_id, worker_name=worker_name, followed_among=social.followed_among
+            redis,
+            presence,
+            eventlog,
+            node_id=node_id,
+            worker_name=worker_name,
+            followed_among=social.followed_among,
+            rebalance=RebalancePolicy(
+                rate=settings.ws_rebalance_rate,
+                slack=settings.ws_rebalance_slack,
+                min_excess=settings.ws_rebalance_min_excess,
+                warmup=settings.ws_rebalance_warmup_seconds,
+            ),
         )
         await presence.forget_worker(hub.stream_key)
         warmer = FeedWarmer(feed.warm, rate=settings.feed_warm_rate)

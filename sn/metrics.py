@@ -30,6 +30,11 @@ class Metrics:
         self.slow_consumer_closes = Counter(
             "sn_ws_slow_consumer_closes", "Connections closed because their mailbox was full", registry=None
         )
+        self.rebalance_closes = Counter(
+            "sn_ws_rebalance_closes",
+            "Connections handed back to the balancer (1012) while their worker held more than its share",
+            registry=None,
+        )
         self.fanout_latency = Histogram(
             "sn_fanout_latency_seconds",
             "Post commit to routing done, per fan-out",

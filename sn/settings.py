@@ -108,6 +108,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # pong does not come within the timeout. One sweep per worker does it, not a task per socket.
     ws_ping_interval_seconds: float = 20.0
     ws_ping_timeout_seconds: float = 20.0
+    # Rebalancing (sn.realtime.rebalance): a worker holding more than the mean of the workers by
+    # over the slack (and by at least the minimum) hands this many sockets a second back to the
+    # balancer (1012, reconnect with since); a worker counts once it has run for the warm-up
+    # (its node in the balancer's rotation). Rate 0: off.
+    ws_rebalance_rate: float = 100.0
+    ws_rebalance_slack: float = 0.25
+    ws_rebalance_min_excess: int = 100
+    ws_rebalance_warmup_seconds: float = 5.0
     # A worker's event loop stuck at least this long is logged (with the GC's share of it).
     loop_stall_warning_ms: float = 100.0
     # A worker loop that crashes (not for an outage) more than this many times within the window
@@ -252,6 +260,19 @@ def _validate(settings: Settings) -> None:
         problems.append("CELEBRITY_THRESHOLD and CELEBRITY_BATCH_SIZE must be >= 1, CELEBRITY_BATCH_DELAY >= 0")
     if settings.ws_ping_interval_seconds <= 0 or settings.ws_ping_timeout_seconds <= 0:
         problems.append("SN_WS_PING_INTERVAL_SECONDS and SN_WS_PING_TIMEOUT_SECONDS must be > 0")
+    if (
+        min(
+            settings.ws_rebalance_rate,
+            settings.ws_rebalance_slack,
+            settings.ws_rebalance_min_excess,
+            settings.ws_rebalance_warmup_seconds,
+        )
+        < 0
+    ):
+        problems.append(
+            "SN_WS_REBALANCE_RATE, SN_WS_REBALANCE_SLACK, SN_WS_REBALANCE_MIN_EXCESS,"
+            " SN_WS_REBALANCE_WARMUP_SECONDS must be >= 0"
+        )
     if settings.loop_stall_warning_ms <= 0:
         problems.append("SN_LOOP_STALL_WARNING_MS must be > 0")
     if settings.loop_max_restarts < 0 or settings.loop_restart_window_seconds <= 0:

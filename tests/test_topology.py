@@ -280,3 +280,106 @@ async def test_two_nodes_behind_the_balancer_survive_a_node_kill(topology: Topol
     finally:
         entry.close()
         via_b.close()
+
+
+class RebalancedFollower(Follower):
+    """A follower that does what a client does when its socket is closed: reconnect with its cursor."""
+
+    def __init__(self, user: User, entry: Any) -> None:
+        super().__init__(user)
+        self._entry = entry  # () -> the base URL to reconnect to (the balancer, or the nodes in turn)
+        self.closes: list[tuple[int | None, str | None, str]] = []  # (code, reason, node it left)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            assert self.ws is not None
+            try:
+                self._record(await recv_json(self.ws, 0.2))
+            except TimeoutError:
+                continue
+            except ConnectionClosed:
+                self.closes.append((self.ws.close_code, self.ws.close_reason, self.node))
+                await self.open(self._entry(), since=self.last_event_id)
+
+
+async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misses_a_post(
+    private_database_url: str, server_env: dict[str, str], tmp_path: Path
+) -> None:
+    # One worker a node, and thresholds scaled down to a dozen sockets (sn.realtime.rebalance).
+    env = {
+        **server_env,
+        "SN_DATABASE_URL": private_database_url,
+        "SN_BUS_PREFIX": f"sntopo{uuid.uuid4().hex[:8]}",
+        "SN_PROXIES_COUNT": "1",
+        "SN_WS_REBALANCE_RATE": "4",
+        "SN_WS_REBALANCE_MIN_EXCESS": "2",
+        "SN_WS_REBALANCE_WARMUP_SECONDS": "1",
+    }
+    a = ServerProcess({**env, "SN_NODE_ID": "node-a"}, workers=1, log_path=tmp_path / "node-a.log")
+    b = ServerProcess({**env, "SN_NODE_ID": "node-b"}, workers=1, log_path=tmp_path / "node-b.log")
+    balancer: Balancer | None = None
+    followers: list[RebalancedFollower] = []
+    a.start(timeout=60)
+    via_a = httpx.Client(base_url=a.base_url, timeout=15)
+    try:
+        author = register(via_a)
+        turn = iter(range(1_000_000))
+
+        def entry() -> str:
+            # Where a client reconnects: the balancer, or without one the two nodes in turn (round-robin).
+            if balancer is not None:
+                return balancer.base_url
+            return (a.base_url, b.base_url)[next(turn) % 2]
+
+        for _ in range(12):
+            reader = register(via_a)
+            assert via_a.put(f"/friend/set/{author.id}", headers=reader.auth).status_code == 200
+            follower = RebalancedFollower(reader, entry)
+            await follower.open(a.base_url)
+            followers.append(follower)
+        made = {post(via_a, author, "all on node A")}
+        for follower in followers:
+            await follower.wait_posts(made)
+
+        # Node B joins (a restart, a scale-out): node A hands sockets back until both hold their share.
+        b.start(timeout=60)
+        if HAPROXY is not None:
+            balancer = start_balancer(a, b, tmp_path / "haproxy.log")
+        else:
+            print("haproxy is not installed: clients reconnect to the two nodes in turn")
+        stop = asyncio.Event()
+        runs = [asyncio.create_task(f.run(stop)) for f in followers]
+        deadline = time.monotonic() + 30
+        while sum(f.node == "node-b" for f in followers) < 5:  # mean 6; node A keeps <= 6 * 1.25
+            assert time.monotonic() < deadline, [f.node for f in followers]
+            made.add(post(via_a, author, f"while rebalancing {len(made)}"))
+            await asyncio.sleep(0.3)
+        # Balanced: no more sockets are handed back.
+        moved = sum(len(f.closes) for f in followers)
+        await asyncio.sleep(2.5)
+        assert sum(len(f.closes) for f in followers) == moved
+        stop.set()
+        await asyncio.gather(*runs)
+
+        made.add(post(via_a, author, "after the rebalance"))
+        for follower in followers:
+            await follower.wait_posts(made)
+            # Every post exactly once, whether it came live or in the replay after a reconnect.
+            assert sorted(follower.posts) == sorted(made), (follower.closes, follower.frames)
+        closes = [close for f in followers for close in f.closes]
+        assert closes, "nothing was handed back"
+        assert {(code, reason, node) for code, reason, node in closes} == {
+            (1012, "rebalancing: reconnect with since", "node-a")
+        }
+        stats = via_a.get("/stats").json()["websocket"]
+        assert stats["rebalance_closes"] == len(closes)
+        assert set(stats["connections_per_worker"].values()) <= {5, 6, 7}
+    finally:
+        for follower in followers:
+            if follower.ws is not None:
+                await follower.ws.close()
+        via_a.close()
+        if balancer is not None:
+            kill_session(balancer.proc)
+        for node in (a, b):
+            node.stop()

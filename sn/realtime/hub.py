@@ -19,11 +19,13 @@ import msgspec
 from redis.asyncio import Redis
 
 from sn.metrics import metrics
+from sn.protocol.connection import State
 from sn.protocol.encoding import PayloadCache
 from sn.protocol.messages import Event, event_from_json
 from sn.protocol.resync import Resync
 from sn.realtime.eventlog import EventLog
 from sn.realtime.presence import Presence
+from sn.realtime.rebalance import CLOSE_REBALANCE, REBALANCE_REASON, RebalancePolicy, shed_count
 from sn.realtime.socket import SocketActor
 from sn.realtime.stats import WorkerStats, cluster_stats, publish, withdraw
 
@@ -50,6 +52,7 @@ class Hub:
         worker_name: str,
         followed_among: Callable[[int, set[int]], Coroutine[Any, Any, set[int]]],
         replay_limit: int = 100,
+        rebalance: RebalancePolicy | None = None,
     ) -> None:
         self._redis = redis
         self._presence = presence
@@ -67,6 +70,11 @@ class Hub:
         self.delivered = 0
         self._delivered_counted = 0
         self.slow_consumer_closes = 0
+        self.started_at = time.time()
+        self._rebalance = rebalance
+        self._rebalanced_at = time.monotonic()
+        self._handing_back: set[SocketActor] = set()  # closed by a rebalance round, not gone yet
+        self.rebalance_closes = 0
         # The highest event id the router handed to this worker: a Redis whose counter is below it
         # lost events (see sn.realtime.recovery).
         self.max_event_id = 0
@@ -110,6 +118,7 @@ class Hub:
         if sockets is None or actor not in sockets:
             return
         sockets.remove(actor)
+        self._handing_back.discard(actor)
         self.connections -= 1
         metrics().connections.dec()
         if not self.connections and self._emptied is not None:
@@ -312,11 +321,14 @@ class Hub:
             accepted=self.accepted,
             updated_at=time.time(),
             extra=self.extra_stats(),
+            started_at=self.started_at,
+            rebalance_closes=self.rebalance_closes,
         )
 
     async def publish_stats(self) -> None:
         await publish(self._redis, self.stats())
         workers = await cluster_stats(self._redis)
+        self.rebalance(workers)
         now = time.monotonic()
         if now >= self._distinct_users_due:
             # Distinct users (one with tabs on two workers once), recounted every few heartbeats:
@@ -328,6 +340,38 @@ class Hub:
             "active_users": self._distinct_users,
             "workers": len(workers),
         }
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    def rebalance(self, workers: Sequence[WorkerStats]) -> int:
+        """One round (each stats heartbeat): hand back what `shed_count` says, oldest sockets first.
+
+        A user who reconnected to this worker went to the end of the hub's order, so the sockets
+        that just came back are the last to be handed back again. Returns how many were closed.
+        """
+        now = time.monotonic()
+        elapsed, self._rebalanced_at = min(now - self._rebalanced_at, 2.0), now
+        if self._rebalance is None:
+            return 0
+        staying = self.connections - len(self._handing_back)  # the closing ones are leaving already
+        counts = [
+            msgspec.structs.replace(w, connections=staying) if w.worker == self.stream_key else w for w in workers
+        ]
+        wanted = shed_count(self.stream_key, counts, now=time.time(), elapsed=elapsed, policy=self._rebalance)
+        picked: list[SocketActor] = []
+        for sockets in self._by_user.values():
+            if len(picked) >= wanted:
+                break
+            picked.extend(a for a in sockets if a.state.state is State.OPEN and a not in self._handing_back)
+        for actor in picked[:wanted]:
+            self._handing_back.add(actor)
+            actor.shutdown(CLOSE_REBALANCE, REBALANCE_REASON)
+        closed = len(picked[:wanted])
+        if closed:
+            self.rebalance_closes += closed
+            metrics().rebalance_closes.inc(closed)
+            log.info("handed %d socket(s) back to the balancer (%d here, %d workers)", closed, staying, len(counts))
+        return closed
 
     async def withdraw(self) -> None:
         """Leave the cluster (the worker is stopping): every user it still lists (departures not

@@ -40,6 +40,8 @@ class WorkerStats(msgspec.Struct):
     accepted: int
     updated_at: float
     extra: dict[str, Any] = {}
+    started_at: float = 0.0  # (0 in an entry written before the field existed: long started)
+    rebalance_closes: int = 0  # sockets handed back to the balancer (sn.realtime.rebalance)
 
 
 async def publish(redis: Redis, stats: WorkerStats) -> None:
@@ -73,4 +75,5 @@ def websocket_summary(workers: Sequence[WorkerStats], active_users: int) -> dict
         "connections_per_worker": {w.worker: w.connections for w in workers},
         "messages_delivered": sum(w.delivered for w in workers),
         "slow_consumer_closes": sum(w.slow_consumer_closes for w in workers),
+        "rebalance_closes": sum(w.rebalance_closes for w in workers),
     }
