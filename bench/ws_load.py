@@ -65,7 +65,18 @@ class RawWs(asyncio.Protocol):
     """One client WebSocket, parsed by hand: server frames are unmasked and, from these servers,
     never fragmented. Answers pings (Sanic pings every 20 s and closes sockets that stay silent)."""
 
-    __slots__ = ("buf", "closing", "idx", "last_event_id", "opened", "request", "shard", "transport", "upgraded")
+    __slots__ = (
+        "buf",
+        "closing",
+        "idx",
+        "last_event_id",
+        "opened",
+        "request",
+        "server_closed",
+        "shard",
+        "transport",
+        "upgraded",
+    )
 
     def __init__(self, shard: Shard, idx: int, request: bytes) -> None:
         self.shard = shard
@@ -75,6 +86,7 @@ class RawWs(asyncio.Protocol):
         self.buf = b""
         self.upgraded = False
         self.closing = False
+        self.server_closed = False  # the server sent the first close frame (a shutdown, a rebalance, 4008)
         self.last_event_id = 0
         # Resolved by the first text frame after the 101: every server here sends a welcome.
         self.opened: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -124,6 +136,7 @@ class RawWs(asyncio.Protocol):
                 self._send(10, payload)
             elif opcode == 8:
                 self._send(8, payload[:2])
+                self.server_closed = not self.closing
                 self.closing = True
                 if self.transport is not None:
                     self.transport.close()
@@ -145,9 +158,10 @@ class RawWs(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"closed during handshake: {exc!r}"))
-        elif not self.closing:
-            # The server closed a socket that had been welcomed: reported, and no longer counted
-            # as online (a real client would reconnect; here the loss must stay visible).
+        elif not self.closing or self.server_closed:
+            # The server closed a socket that had been welcomed, with a close frame or without:
+            # reported, and no longer counted as online (a real client would reconnect; here the
+            # loss must stay visible, and the topology bench's clients do reconnect).
             self.shard.unexpected_closes += 1
             if self.shard.conns.get(self.idx) is self:
                 del self.shard.conns[self.idx]

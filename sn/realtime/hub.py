@@ -25,7 +25,7 @@ from sn.protocol.messages import Event, event_from_json
 from sn.protocol.resync import Resync
 from sn.realtime.eventlog import EventLog
 from sn.realtime.presence import Presence
-from sn.realtime.rebalance import CLOSE_REBALANCE, REBALANCE_REASON, RebalancePolicy, shed_count
+from sn.realtime.rebalance import CLOSE_REBALANCE, REBALANCE_REASON, RebalancePolicy, Rebalancer
 from sn.realtime.socket import SocketActor
 from sn.realtime.stats import WorkerStats, cluster_stats, publish, withdraw
 
@@ -71,8 +71,7 @@ class Hub:
         self._delivered_counted = 0
         self.slow_consumer_closes = 0
         self.started_at = time.time()
-        self._rebalance = rebalance
-        self._rebalanced_at = time.monotonic()
+        self._rebalancer = None if rebalance is None else Rebalancer(rebalance, time.monotonic())
         self._handing_back: set[SocketActor] = set()  # closed by a rebalance round, not gone yet
         self.rebalance_closes = 0
         # The highest event id the router handed to this worker: a Redis whose counter is below it
@@ -349,15 +348,13 @@ class Hub:
         A user who reconnected to this worker went to the end of the hub's order, so the sockets
         that just came back are the last to be handed back again. Returns how many were closed.
         """
-        now = time.monotonic()
-        elapsed, self._rebalanced_at = min(now - self._rebalanced_at, 2.0), now
-        if self._rebalance is None:
+        if self._rebalancer is None:
             return 0
         staying = self.connections - len(self._handing_back)  # the closing ones are leaving already
         counts = [
             msgspec.structs.replace(w, connections=staying) if w.worker == self.stream_key else w for w in workers
         ]
-        wanted = shed_count(self.stream_key, counts, now=time.time(), elapsed=elapsed, policy=self._rebalance)
+        wanted = self._rebalancer.decide(self.stream_key, counts, now=time.monotonic(), wall=time.time())
         picked: list[SocketActor] = []
         for sockets in self._by_user.values():
             if len(picked) >= wanted:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sn.realtime.rebalance import RebalancePolicy, shed_count
+from sn.realtime.rebalance import RebalancePolicy, Rebalancer, shed_count
 from sn.realtime.stats import WorkerStats
 
 NOW = 1_000_000.0
@@ -71,3 +71,19 @@ def test_a_lone_worker_an_unknown_worker_and_rate_zero_never_shed() -> None:
 @pytest.mark.parametrize("elapsed", [0.001, 0.009])
 def test_a_round_too_soon_after_the_last_sheds_nothing(elapsed: float) -> None:
     assert shed("b:1", [worker("b:1", 5000), worker("a:1", 0)], elapsed=elapsed) == 0
+
+
+def test_an_imbalance_must_last_hold_rounds_before_anything_is_handed_back() -> None:
+    rebalancer = Rebalancer(RebalancePolicy(rate=100, min_excess=10, hold=3), now=0.0)
+    over = [worker("b:1", 500), worker("a:1", 0)]
+    even = [worker("b:1", 250), worker("a:1", 250)]
+
+    def round_at(t: float, workers: list[WorkerStats]) -> int:
+        return rebalancer.decide("b:1", workers, now=t, wall=NOW)
+
+    # A passing lead (a connection ramp): over for two heartbeats, then even again. Nothing moves.
+    assert [round_at(1, over), round_at(2, over), round_at(3, even)] == [0, 0, 0]
+    # A lasting one: the third heartbeat in a row over the line sheds a second's worth.
+    assert [round_at(4, over), round_at(5, over), round_at(6, over)] == [0, 0, 100]
+    assert round_at(6.5, over) == 50  # the rate's budget is the time since the last round
+    assert round_at(30, over) == 200  # ...capped at two seconds' worth after a stall
