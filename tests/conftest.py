@@ -133,6 +133,10 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
         # Every post counts as late: the slow-delivery log's lines are checked against the real
         # pipeline (tests/api/test_ws.py), at one line per drain and per fan-out.
         "SN_SLOW_DELIVERY_MS": "0.001",
+        # Servers of the suite share this Redis, where each worker's stats are what rebalancing
+        # compares with (sn.realtime.rebalance): one server's sockets must not make another's
+        # worker hand its sockets back. tests/test_topology.py runs it on a Redis of its own.
+        "SN_WS_REBALANCE_RATE": "0",
         # Servers sharing a Redis database would otherwise compete for one pipeline (and steal
         # each other's events) when two test sessions overlap on one machine.
         "SN_BUS_PREFIX": f"sntest{uuid.uuid4().hex[:8]}",
