@@ -343,7 +343,7 @@ class Hub:
     # -- rebalancing -------------------------------------------------------------------------
 
     def rebalance(self, workers: Sequence[WorkerStats]) -> int:
-        """One round (each stats heartbeat): hand back what `shed_count` says, oldest sockets first.
+        """One round (each stats heartbeat): hand back what the `Rebalancer` decides, oldest sockets first.
 
         A user who reconnected to this worker went to the end of the hub's order, so the sockets
         that just came back are the last to be handed back again. Returns how many were closed.
@@ -360,10 +360,11 @@ class Hub:
             if len(picked) >= wanted:
                 break
             picked.extend(a for a in sockets if a.state.state is State.OPEN and a not in self._handing_back)
-        for actor in picked[:wanted]:
+        picked = picked[:wanted]
+        for actor in picked:
             self._handing_back.add(actor)
             actor.shutdown(CLOSE_REBALANCE, REBALANCE_REASON)
-        closed = len(picked[:wanted])
+        closed = len(picked)
         if closed:
             self.rebalance_closes += closed
             metrics().rebalance_closes.inc(closed)
