@@ -92,9 +92,11 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-def observe_post_stage(stage: DeliveryStage, post_id: int) -> None:
-    """A new post reached `stage`: its age then, by its id's timestamp (ids are made on this machine's clock)."""
-    metrics().delivery_stage.labels(stage).observe(time.time() - timestamp_ms(post_id) / 1000)
+def observe_post_stage(stage: DeliveryStage, post_id: int) -> float:
+    """A new post reached `stage`: its age then, returned, by its id's timestamp (made on this machine's clock)."""
+    age = time.time() - timestamp_ms(post_id) / 1000
+    metrics().delivery_stage.labels(stage).observe(age)
+    return age
 
 
 def render() -> bytes:

@@ -76,8 +76,7 @@ class FanoutConsumer:
         else:
             clock, consumed_age = PhaseClock(), 0.0
             if event.type == "post_created":
-                observe_post_stage("consumed", event.post_id)
-                consumed_age = time.time() - timestamp_ms(event.post_id) / 1000
+                consumed_age = observe_post_stage("consumed", event.post_id)
             followers = await self._social.followers(event.author_id)
             clock.mark("followers")
             await self._feed.apply(event, followers)

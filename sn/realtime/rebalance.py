@@ -39,7 +39,7 @@ class RebalancePolicy:
     rate: float  # most sockets one worker hands back per second; 0: never
     slack: float = 0.25  # tolerated share over the mean
     min_excess: int = 100  # sockets over the mean worth moving at all
-    warmup: float = 10.0  # seconds before a new worker counts as one to balance with
+    warmup: float = 5.0  # seconds before a new worker counts as one to balance with
     hold: int = 3  # heartbeats in a row over the line before any socket is handed back
 
 
