@@ -4,7 +4,7 @@
 #   Citus: the four nodes of scripts/citus-local.sh (coordinator, worker-1, worker-2, worker-hot), `sn cluster init`
 #   Redis: a private redis-server on a free port (or TOPOLOGY_REDIS_URL); RabbitMQ: the machine's when it answers
 #   two app nodes: `sn serve` with TOPOLOGY_WORKERS (2) workers each, node ids node-a and node-b, on two ports
-#   HAProxy in front (deploy/haproxy/haproxy.cfg): round-robin, WebSocket upgrade, health checks on /ready
+#   HAProxy in front (deploy/haproxy/haproxy.cfg): round-robin (WebSockets: the node with the fewest), health checks on /ready
 #
 #   scripts/topology.sh up            start what is not running; print the balancer's URL
 #   scripts/topology.sh down          stop everything `up` started (Citus data is kept; `down --purge` deletes it)
@@ -272,7 +272,7 @@ start_balancer() {
         started=$((started + 1))
     done
     wait_ready "http://127.0.0.1:$LB_PORT/ready" 30 || die "the balancer on 127.0.0.1:$LB_PORT does not reach a ready node"
-    say "haproxy on 127.0.0.1:$LB_PORT ($LB_INSTANCES processes, $maxconn connections each) -> node-a, node-b (round-robin, /ready checks)"
+    say "haproxy on 127.0.0.1:$LB_PORT ($LB_INSTANCES processes, $maxconn connections each) -> node-a, node-b (round-robin, WebSockets leastconn, /ready checks)"
 }
 
 stop_balancer() {

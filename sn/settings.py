@@ -111,8 +111,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Rebalancing (sn.realtime.rebalance): a worker holding more than the mean of the workers by
     # over the slack (and by at least the minimum) hands this many sockets a second back to the
     # balancer (1012, reconnect with since); a worker counts once it has run for the warm-up
-    # (its node in the balancer's rotation). Rate 0: off.
-    ws_rebalance_rate: float = 100.0
+    # (its node in the balancer's rotation). Rate 0: off. Gentle on purpose: each socket handed back is
+    # a handshake and a replay on the node it reaches; in the topology run 100 a second per worker
+    # (~2 % of the sockets each second) saturated both nodes and put the cross-node tail near 1 s.
+    ws_rebalance_rate: float = 25.0
     ws_rebalance_slack: float = 0.25
     ws_rebalance_min_excess: int = 100
     ws_rebalance_warmup_seconds: float = 5.0

@@ -728,17 +728,24 @@ def test_haproxy_config_is_valid(log: str | None) -> None:
 
 def test_haproxy_config_matches_the_k8s_design() -> None:
     """One design with the k8s Service/Ingress: round-robin over the app nodes, /ready as the readiness probe, the
-    WebSocket tunnel kept as long as the Ingress keeps it, the client's address passed on (SN_PROXIES_COUNT=1)."""
+    WebSocket tunnel kept as long as the Ingress keeps it, the client's address passed on (SN_PROXIES_COUNT=1).
+    WebSockets (both dialects' paths) go to the node with the fewest, its health the same check's."""
     lines = haproxy_lines()
     assert "balance roundrobin" in lines
     assert "option httpchk" in lines
     assert "http-check send meth GET uri /ready" in lines
     assert "http-check expect status 200" in lines
     servers = [line.split() for line in lines if line.startswith("server ")]
-    assert [(s[1], s[2], s[3]) for s in servers] == [
+    assert [tuple(s[1:]) for s in servers] == [
         ("node-a", '"${SN_NODE_A}"', "check"),
         ("node-b", '"${SN_NODE_B}"', "check"),
+        ("node-a", '"${SN_NODE_A}"', "track", "sn-app/node-a"),
+        ("node-b", '"${SN_NODE_B}"', "track", "sn-app/node-b"),
     ]
+    ws_backend = lines[lines.index("backend sn-ws") :]
+    assert "balance leastconn" in ws_backend
+    assert {"acl websocket path_beg /ws/", "acl websocket path /post/feed/posted"} <= set(lines)
+    assert "use_backend sn-ws if websocket" in lines
     assert "option forwardfor" in lines
     assert "option redispatch" in lines
     ingress = yaml.safe_load((K8S / "base" / "ingress.yaml").read_text())

@@ -208,7 +208,8 @@ async def test_two_nodes_behind_the_balancer_survive_a_node_kill(topology: Topol
         follower = Follower(reader)
 
         if topology.balancer is not None:
-            # Round-robin: consecutive sockets through the balancer land on both nodes; keep one on node A.
+            # Consecutive sockets through the balancer land on both nodes (the fewest open: a tie each time, which
+            # HAProxy breaks in turn); keep one on node A.
             seen = set()
             for _ in range(4):
                 await follower.open(topology.entry_url)
@@ -275,7 +276,7 @@ async def test_two_nodes_behind_the_balancer_survive_a_node_kill(topology: Topol
             )
             log = topology.balancer.log_path.read_text().splitlines()
             assert any("node-a is DOWN" in line for line in log), log[-20:]
-            assert any("sn-app/node-a" in line and f'"GET /ws/{reader.id}' in line for line in log), log[-20:]
+            assert any("sn-ws/node-a" in line and f'"GET /ws/{reader.id}' in line for line in log), log[-20:]
             created = [line for line in log if '"POST /post/create' in line]
             assert created, log[-20:]
             assert "sn-app/node-b" in created[-1], created[-5:]
@@ -324,7 +325,10 @@ async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misse
         "SN_PROXIES_COUNT": "1",
         "SN_WS_REBALANCE_RATE": "4",
         "SN_WS_REBALANCE_MIN_EXCESS": "2",
-        "SN_WS_REBALANCE_WARMUP_SECONDS": "1",
+        # Node B's worker counts once HAProxy has it in rotation (2 good checks, ~2 s; 6 leaves room on a busy
+        # machine), as SN_WS_REBALANCE_WARMUP_SECONDS is meant to be set: sockets handed back before that would
+        # all come back to node A.
+        "SN_WS_REBALANCE_WARMUP_SECONDS": "6",
     }
     a = ServerProcess({**env, "SN_NODE_ID": "node-a"}, workers=1, log_path=tmp_path / "node-a.log")
     b = ServerProcess({**env, "SN_NODE_ID": "node-b"}, workers=1, log_path=tmp_path / "node-b.log")
@@ -334,6 +338,11 @@ async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misse
     via_a = httpx.Client(base_url=a.base_url, timeout=15)
     try:
         a.start(timeout=60)
+        if HAPROXY is not None:
+            # In front from the start, node B not there yet (its checks fail): every socket lands on node A.
+            balancer = start_balancer(a, b, tmp_path / "haproxy.log")
+        else:
+            print("haproxy is not installed: clients reconnect to the two nodes in turn")
         author = register(via_a)
         turn = iter(range(1_000_000))
 
@@ -347,7 +356,8 @@ async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misse
             reader = register(via_a)
             assert via_a.put(f"/friend/set/{author.id}", headers=reader.auth).status_code == 200
             follower = RebalancedFollower(reader, entry)
-            await follower.open(a.base_url)
+            await follower.open(balancer.base_url if balancer is not None else a.base_url)
+            assert follower.node == "node-a"
             followers.append(follower)
         made = {post(via_a, author, "all on node A")}
         for follower in followers:
@@ -355,10 +365,6 @@ async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misse
 
         # Node B joins (a restart, a scale-out): node A hands sockets back until both hold their share.
         b.start(timeout=60)
-        if HAPROXY is not None:
-            balancer = start_balancer(a, b, tmp_path / "haproxy.log")
-        else:
-            print("haproxy is not installed: clients reconnect to the two nodes in turn")
         stop = asyncio.Event()
         runs += [asyncio.create_task(f.run(stop)) for f in followers]
         deadline = time.monotonic() + 30
@@ -383,6 +389,10 @@ async def test_a_node_that_comes_back_gets_its_share_of_sockets_and_nobody_misse
         assert {(code, reason, node) for code, reason, node in closes} == {
             (1012, "rebalancing: reconnect with since", "node-a")
         }
+        if balancer is not None:
+            # The balancer sends a WebSocket to the node with the fewest (leastconn): each socket handed back moved
+            # to node B, in one close, and none came back (round-robin would send about half back to node A).
+            assert sum(f.node == "node-b" for f in followers) == len(closes), [(f.node, f.closes) for f in followers]
         stats = via_a.get("/stats").json()["websocket"]
         assert stats["rebalance_closes"] == len(closes)
         assert set(stats["connections_per_worker"].values()) <= {5, 6, 7}

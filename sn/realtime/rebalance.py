@@ -8,7 +8,8 @@ sn.realtime.stats) and, while it is over the mean by more than the slack, closes
 sockets with 1012 (Service Restart: "reconnect"). Their clients reconnect through the balancer with
 ``?since=`` and miss nothing: the replay covers the gap, as it does for any dropped socket.
 
-With a round-robin balancer half of the handed-back clients land on this node again; the next
+With a round-robin balancer half of the handed-back clients land on this node again (HAProxy here
+sends WebSockets to the node with the fewest, deploy/haproxy/haproxy.cfg); the next
 rounds see the counts that resulted, so the spread converges without any worker knowing the
 balancer's policy. A worker that started less than ``warmup`` seconds ago does not count yet (its
 node may not be in the balancer's rotation: clients handed back would all come straight back).
