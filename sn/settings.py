@@ -113,7 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # balancer (1012, reconnect with since); a worker counts once it has run for the warm-up
     # (its node in the balancer's rotation). Rate 0: off. Gentle on purpose: each socket handed back is
     # a handshake and a replay on the node it reaches; in the topology run 100 a second per worker
-    # (~2 % of the sockets each second) saturated both nodes and put the cross-node tail near 1 s.
+    # (~2 % of a node's sockets each second) put requests and cross-node deliveries near 1 s.
     ws_rebalance_rate: float = 25.0
     ws_rebalance_slack: float = 0.25
     ws_rebalance_min_excess: int = 100
