@@ -295,6 +295,7 @@ class Services:
             "celebrity": {"fanouts": self.celebrity.fanouts, "batches": self.celebrity.batches},
             "relay": {
                 "published": self.relay.published,
+                "deferred": self.relay.deferred,
                 "failures": self.relay.failures,
                 "last_error": self.relay.last_error,
             },

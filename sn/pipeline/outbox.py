@@ -1,8 +1,9 @@
 """The transactional outbox and its relay.
 
 Writers call `Outbox.add` inside their own transaction. The relay (one per worker process;
-several relays share the table safely through `FOR UPDATE SKIP LOCKED`) publishes pending rows
-in id order and deletes them once the bus has confirmed them. A request nudges its worker's
+several relays share the table safely through `FOR UPDATE SKIP LOCKED`, and an owner whose
+earlier row another relay holds waits for it) publishes pending rows in id order and deletes them
+once the bus has confirmed them. A request nudges its worker's
 relay after committing, so the usual latency is one relay round trip; a periodic sweep picks up
 whatever a crashed process or an unreachable bus left behind.
 """
@@ -55,6 +56,7 @@ class Outbox:
 
 class OutboxRelay:
     BATCH = 200
+    RETRY_SOON_SECONDS = 0.02
 
     def __init__(
         self,
@@ -74,6 +76,8 @@ class OutboxRelay:
         self._nudged_at: float | None = None  # the first nudge not yet answered by a drain, for the slow log
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self.deferred = 0  # rows left for a later drain: an earlier row of their owner was another relay's
+        self._retry_soon = False
         self.failures = 0
         self.last_error: str | None = None
 
@@ -99,6 +103,11 @@ class OutboxRelay:
                 while await self.drain_once() == self.BATCH:
                     pass
                 backoff = self._sweep_interval
+                if self._retry_soon:
+                    # Rows were left behind another relay's earlier ones: come back once it has
+                    # had time to publish them, not a whole sweep later.
+                    self._retry_soon = False
+                    backoff = min(backoff, self.RETRY_SOON_SECONDS)
                 self.last_error = None
             except BusUnavailable as exc:
                 # Rows stay in the table; retry with backoff until the bus is back.
@@ -150,6 +159,10 @@ class OutboxRelay:
         clock.mark("select")
         if not rows:
             return [], []
+        rows = await self._without_earlier_rows_elsewhere(conn, rows)
+        clock.mark("order")
+        if not rows:
+            return [], []
         payloads = [bytes(row["payload"]) for row in rows]
         decoded = [events.decode(payload) for payload in payloads]
         queues = await asyncio.gather(*map(self._route, decoded))
@@ -169,6 +182,35 @@ class OutboxRelay:
             )
             clock.mark("delete")
         return confirmed, outcomes
+
+    async def _without_earlier_rows_elsewhere(self, conn: Any, rows: list[Any]) -> list[Any]:
+        """The batch minus the owners that have an earlier row this drain does not hold.
+
+        ``SKIP LOCKED`` lets two relays split one owner's rows: relay A locks a post's
+        `post_created`, relay B skips it and takes the `post_deleted` after it, and B's publish
+        can reach the bus first (the delete applied before the create: a deleted post back in
+        feeds). An earlier row still visible here is one another relay holds (or one it is
+        publishing right now): this drain leaves that owner's rows alone, locked until it
+        commits, and a drain soon after takes them once the earlier ones are gone. One index
+        lookup per owner (the key is (owner_id, id)).
+        """
+        first: dict[int, int] = {}
+        for row in rows:
+            first.setdefault(row["owner_id"], row["id"])
+        behind = await conn.fetch(
+            "SELECT DISTINCT k.owner_id"
+            " FROM unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, first_id)"
+            " JOIN outbox o ON o.owner_id = k.owner_id AND o.id < k.first_id",
+            id_array(first),
+            id_array(first.values()),
+        )
+        if not behind:
+            return rows
+        waiting = {row["owner_id"] for row in behind}
+        kept = [row for row in rows if row["owner_id"] not in waiting]
+        self.deferred += len(rows) - len(kept)
+        self._retry_soon = True
+        return kept
 
     async def _publish_in_order(self, items: list[_Pending]) -> tuple[list[_Pending], Exception | None]:
         for index, item in enumerate(items):

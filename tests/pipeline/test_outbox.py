@@ -107,10 +107,13 @@ async def test_outbox_row_is_written_in_the_same_transaction(pool: asyncpg.Pool)
 class _WatchedBus(RedisStreamBus):
     """The real Redis bus, counting publishes in flight and refusing one owner's (a broken route)."""
 
-    def __init__(self, *args: Any, refuse_author: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, refuse_author: int | None = None, hold: asyncio.Event | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight = self.most_in_flight = 0
         self._refuse_author = refuse_author
+        self._hold = hold  # publishes wait for it: a relay caught in the middle of its drain
 
     async def publish(self, queue: Queue, body: bytes, *, message_id: str) -> None:
         event = events.decode(body)
@@ -119,6 +122,8 @@ class _WatchedBus(RedisStreamBus):
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
+            if self._hold is not None:
+                await self._hold.wait()
             await asyncio.sleep(0.01)  # a confirm's round trip, so concurrent publishes overlap
             await super().publish(queue, body, message_id=message_id)
         finally:
@@ -204,6 +209,60 @@ async def test_a_failed_owner_keeps_its_rows_and_the_confirmed_ones_are_not_repu
     assert await relay_ok.pending() == 0
 
 
+async def _stream_events(bus: RedisStreamBus, redis_url: str) -> list[tuple[str, int, int]]:
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = await redis.xrange(bus.streams["feed"])
+    finally:
+        await redis.aclose()
+    decoded = [events.decode(fields[b"body"]) for _, fields in entries]
+    return [(e.type, e.author_id, e.post_id) for e in decoded if isinstance(e, events.PostEvent)]
+
+
+async def test_two_relays_never_publish_one_owners_rows_out_of_order(
+    pool: asyncpg.Pool, redis_url: str, watched: Callable[..., Awaitable[_WatchedBus]]
+) -> None:
+    # Relay A has taken a post's `post_created` and is still publishing it when the post is deleted. Relay B's
+    # SKIP LOCKED skips A's row and would take the `post_deleted` after it, and its publish could win: the delete
+    # applied before the create, a deleted post back in the feeds. B must leave that owner alone until A is done,
+    # and still publish everybody else's rows.
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1006)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    author, other = ids.next_id(), ids.next_id()
+    created = await posts.create(ids.next_id(), author, "deleted soon")
+    release = asyncio.Event()
+    relay_a = OutboxRelay(pool, slow := await watched(hold=release), _to_feed)
+    drain_a = asyncio.create_task(relay_a.drain_once())
+    try:
+        for _ in range(200):
+            if slow.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert slow.in_flight == 1  # A holds the create's row and is publishing it
+        assert await posts.delete(author, created.id)
+        elsewhere = await posts.create(ids.next_id(), other, "another owner")
+        relay_b = OutboxRelay(pool, fast := await watched(), _to_feed)
+
+        assert await relay_b.drain_once() == 1  # only the other owner's row
+        assert relay_b.deferred == 1
+        assert await _stream_events(fast, redis_url) == [("post_created", other, elsewhere.id)]
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE owner_id = $1", author) == 2
+
+        release.set()
+        assert await drain_a == 1
+        assert await relay_b.drain_once() == 1  # the delete, now that the create is out
+        assert await _stream_events(fast, redis_url) == [
+            ("post_created", other, elsewhere.id),
+            ("post_created", author, created.id),
+            ("post_deleted", author, created.id),
+        ]
+        assert await relay_b.pending() == 0
+    finally:
+        release.set()
+        await asyncio.gather(drain_a, return_exceptions=True)
+
+
 async def test_a_drain_carrying_a_late_post_logs_where_its_time_went(
     pool: asyncpg.Pool, watched: Callable[..., Awaitable[_WatchedBus]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,7 +279,7 @@ async def test_a_drain_carrying_a_late_post_logs_where_its_time_went(
         assert await relay.drain_once() == 1
     (line,) = [r.getMessage() for r in caplog.records if r.name == "sn.delivery.slow"]
     assert line.startswith(f"slow delivery: post {late} ")
-    for phase in ("waited=", "acquire=", "select=", "route=", "publish=", "delete=", "commit="):
+    for phase in ("waited=", "acquire=", "select=", "order=", "route=", "publish=", "delete=", "commit="):
         assert phase in line
     assert line.endswith("; 1 rows")
 
