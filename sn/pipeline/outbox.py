@@ -76,7 +76,7 @@ class OutboxRelay:
         self._nudged_at: float | None = None  # the first nudge not yet answered by a drain, for the slow log
         self._task: asyncio.Task[None] | None = None
         self.published = 0
-        self.deferred = 0  # rows left for a later drain: an earlier row of their owner was another relay's
+        self.deferred = 0  # rows left for a later drain (an earlier row of their owner was another relay's), each time
         self._retry_soon = False
         self.failures = 0
         self.last_error: str | None = None
