@@ -103,12 +103,13 @@ class OutboxRelay:
                 while await self.drain_once() == self.BATCH:
                     pass
                 backoff = self._sweep_interval
-                if self._retry_soon:
-                    # Rows were left behind another relay's earlier ones: come back once it has
-                    # had time to publish them, not a whole sweep later.
-                    self._retry_soon = False
-                    backoff = min(backoff, self.RETRY_SOON_SECONDS)
                 self.last_error = None
+                if self._retry_soon:
+                    # Rows were left behind another drain's earlier ones: come back once it has had
+                    # time to publish them, not a whole sweep later (the backoff is for failures).
+                    self._retry_soon = False
+                    self._wake.set()
+                    await asyncio.sleep(self.RETRY_SOON_SECONDS)
             except BusUnavailable as exc:
                 # Rows stay in the table; retry with backoff until the bus is back.
                 self.failures += 1
@@ -184,30 +185,33 @@ class OutboxRelay:
         return confirmed, outcomes
 
     async def _without_earlier_rows_elsewhere(self, conn: Any, rows: list[Any]) -> list[Any]:
-        """The batch minus the owners that have an earlier row this drain does not hold.
+        """The batch, each owner's rows cut where a row of that owner this drain does not hold comes first.
 
-        ``SKIP LOCKED`` lets two relays split one owner's rows: relay A locks a post's
-        `post_created`, relay B skips it and takes the `post_deleted` after it, and B's publish
-        can reach the bus first (the delete applied before the create: a deleted post back in
-        feeds). An earlier row still visible here is one another relay holds (or one it is
-        publishing right now): this drain leaves that owner's rows alone, locked until it
-        commits, and a drain soon after takes them once the earlier ones are gone. One index
-        lookup per owner (the key is (owner_id, id)).
+        ``SKIP LOCKED`` lets relays split one owner's rows: relay A locks a post's `post_created`,
+        relay B skips it and takes the `post_deleted` after it, and B's publish can reach the bus
+        first (the delete applied before the create: a deleted post back in feeds). The gap can be
+        in the middle too: B holds r2 (deferred), A's publish of r1 failed and released it, and a
+        third drain takes r1 and r3. A row of the owner still visible here, below the batch's last
+        one and not in the batch, is one another drain holds (or one committed late): this drain
+        keeps the owner's rows before it and leaves the rest, locked until it commits, to a drain
+        soon after. One indexed range read per owner (the key is (owner_id, id)).
         """
-        first: dict[int, int] = {}
+        last: dict[int, int] = {}
         for row in rows:
-            first.setdefault(row["owner_id"], row["id"])
-        behind = await conn.fetch(
-            "SELECT DISTINCT k.owner_id"
-            " FROM unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, first_id)"
-            " JOIN outbox o ON o.owner_id = k.owner_id AND o.id < k.first_id",
-            id_array(first),
-            id_array(first.values()),
+            last[row["owner_id"]] = row["id"]  # (rows come in id order)
+        gaps = await conn.fetch(
+            "SELECT k.owner_id, min(o.id) AS gap"
+            " FROM unnest($1::text[]::bigint[], $2::text[]::bigint[]) AS k(owner_id, last_id)"
+            " JOIN outbox o ON o.owner_id = k.owner_id AND o.id < k.last_id AND o.id <> ALL($3::text[]::bigint[])"
+            " GROUP BY k.owner_id",
+            id_array(last),
+            id_array(last.values()),
+            id_array(row["id"] for row in rows),
         )
-        if not behind:
+        if not gaps:
             return rows
-        waiting = {row["owner_id"] for row in behind}
-        kept = [row for row in rows if row["owner_id"] not in waiting]
+        gap = {row["owner_id"]: row["gap"] for row in gaps}
+        kept = [row for row in rows if row["id"] < gap.get(row["owner_id"], row["id"] + 1)]
         self.deferred += len(rows) - len(kept)
         self._retry_soon = True
         return kept

@@ -117,13 +117,13 @@ class _WatchedBus(RedisStreamBus):
 
     async def publish(self, queue: Queue, body: bytes, *, message_id: str) -> None:
         event = events.decode(body)
-        if isinstance(event, events.PostEvent) and event.author_id == self._refuse_author:
-            raise BusUnavailable("refused for this test")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self._hold is not None:
                 await self._hold.wait()
+            if isinstance(event, events.PostEvent) and event.author_id == self._refuse_author:
+                raise BusUnavailable("refused for this test")
             await asyncio.sleep(0.01)  # a confirm's round trip, so concurrent publishes overlap
             await super().publish(queue, body, message_id=message_id)
         finally:
@@ -235,11 +235,7 @@ async def test_two_relays_never_publish_one_owners_rows_out_of_order(
     relay_a = OutboxRelay(pool, slow := await watched(hold=release), _to_feed)
     drain_a = asyncio.create_task(relay_a.drain_once())
     try:
-        for _ in range(200):
-            if slow.in_flight:
-                break
-            await asyncio.sleep(0.01)
-        assert slow.in_flight == 1  # A holds the create's row and is publishing it
+        await _until(lambda: slow.in_flight == 1)  # A holds the create's row and is publishing it
         assert await posts.delete(author, created.id)
         elsewhere = await posts.create(ids.next_id(), other, "another owner")
         relay_b = OutboxRelay(pool, fast := await watched(), _to_feed)
@@ -261,6 +257,94 @@ async def test_two_relays_never_publish_one_owners_rows_out_of_order(
     finally:
         release.set()
         await asyncio.gather(drain_a, return_exceptions=True)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the relay never got there")
+
+
+async def test_a_row_another_drain_holds_in_the_middle_of_an_owners_rows_cuts_the_batch_there(
+    pool: asyncpg.Pool, redis_url: str, watched: Callable[..., Awaitable[_WatchedBus]]
+) -> None:
+    # The gap need not come first. Drain A holds r1 and is publishing it; drain B takes r2, defers it behind r1 and
+    # is still publishing another owner's row; r3 is written; A's publish fails, which releases r1. Drain C now
+    # sees r1 and r3 (r2 is B's): nothing comes before r1, but r2 comes before r3, so C publishes r1 alone.
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1007)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    owner, other = ids.next_id(), ids.next_id()
+    r1 = (await posts.create(ids.next_id(), owner, "r1")).id
+    release_a, release_b = asyncio.Event(), asyncio.Event()
+    bus_a = await watched(hold=release_a, refuse_author=owner)
+    drain_a = asyncio.create_task(OutboxRelay(pool, bus_a, _to_feed).drain_once())
+    drain_b: asyncio.Task[int] | None = None
+    try:
+        await _until(lambda: bus_a.in_flight == 1)
+        r2 = (await posts.create(ids.next_id(), owner, "r2")).id
+        elsewhere = (await posts.create(ids.next_id(), other, "another owner")).id
+        relay_b = OutboxRelay(pool, bus_b := await watched(hold=release_b), _to_feed)
+        drain_b = asyncio.create_task(relay_b.drain_once())
+        await _until(lambda: bus_b.in_flight == 1)  # B publishes the other owner's row, r2 deferred and locked
+        assert relay_b.deferred == 1
+        r3 = (await posts.create(ids.next_id(), owner, "r3")).id
+        release_a.set()
+        with pytest.raises(BusUnavailable):
+            await drain_a  # r1 kept, and free again
+        relay_c = OutboxRelay(pool, fast := await watched(), _to_feed)
+        assert await relay_c.drain_once() == 1
+        assert relay_c.deferred == 1  # r3, behind B's r2
+        assert await _stream_events(fast, redis_url) == [("post_created", owner, r1)]
+
+        release_b.set()
+        assert await drain_b == 1
+        assert await relay_c.drain_once() == 2
+        assert await _stream_events(fast, redis_url) == [
+            ("post_created", owner, r1),
+            ("post_created", other, elsewhere),
+            ("post_created", owner, r2),
+            ("post_created", owner, r3),
+        ]
+        assert await relay_c.pending() == 0
+    finally:
+        release_a.set()
+        release_b.set()
+        await asyncio.gather(drain_a, *([drain_b] if drain_b else []), return_exceptions=True)
+
+
+async def test_a_running_relay_comes_back_for_deferred_rows_before_its_sweep(
+    pool: asyncpg.Pool, redis_url: str, watched: Callable[..., Awaitable[_WatchedBus]]
+) -> None:
+    await pool.execute("DELETE FROM outbox")
+    ids = IdGenerator(1008)
+    posts = PostRepository(pool, Outbox(ids.next_id))
+    owner = ids.next_id()
+    created = await posts.create(ids.next_id(), owner, "deleted soon")
+    release = asyncio.Event()
+    slow = await watched(hold=release)
+    drain_a = asyncio.create_task(OutboxRelay(pool, slow, _to_feed).drain_once())
+    relay_b = OutboxRelay(pool, fast := await watched(), _to_feed, sweep_interval=60)
+    try:
+        await _until(lambda: slow.in_flight == 1)
+        assert await posts.delete(owner, created.id)
+        relay_b.start()
+        relay_b.nudge()
+        await _until(lambda: relay_b.deferred >= 1)
+        release.set()
+        assert await drain_a == 1
+        # No nudge, and the sweep is a minute away: only the relay's own quick return publishes the delete.
+        await _until(lambda: relay_b.published == 1)
+        assert await _stream_events(fast, redis_url) == [
+            ("post_created", owner, created.id),
+            ("post_deleted", owner, created.id),
+        ]
+    finally:
+        release.set()
+        await asyncio.gather(drain_a, return_exceptions=True)
+        await relay_b.stop()
 
 
 async def test_a_drain_carrying_a_late_post_logs_where_its_time_went(
