@@ -150,14 +150,19 @@ async def watched(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[_Watc
     await redis.aclose()
 
 
-async def _stream_post_ids(bus: RedisStreamBus, redis_url: str) -> list[tuple[int, int]]:
+async def _stream_events(bus: RedisStreamBus, redis_url: str) -> list[tuple[str, int, int]]:
+    """(type, author, post) of every post event on the bus's feed stream, in stream order."""
     redis = Redis.from_url(redis_url)
     try:
         entries = await redis.xrange(bus.streams["feed"])
     finally:
         await redis.aclose()
     decoded = [events.decode(fields[b"body"]) for _, fields in entries]
-    return [(e.author_id, e.post_id) for e in decoded if isinstance(e, events.PostEvent)]
+    return [(e.type, e.author_id, e.post_id) for e in decoded if isinstance(e, events.PostEvent)]
+
+
+async def _stream_post_ids(bus: RedisStreamBus, redis_url: str) -> list[tuple[int, int]]:
+    return [(author, post) for _, author, post in await _stream_events(bus, redis_url)]
 
 
 async def test_a_batch_is_published_concurrently_and_in_order_per_owner(
@@ -207,16 +212,6 @@ async def test_a_failed_owner_keeps_its_rows_and_the_confirmed_ones_are_not_repu
     assert await relay_ok.drain_once() == 3
     assert await _stream_post_ids(bus_ok, redis_url) == [(good, p) for p in good_posts] + [(bad, p) for p in bad_posts]
     assert await relay_ok.pending() == 0
-
-
-async def _stream_events(bus: RedisStreamBus, redis_url: str) -> list[tuple[str, int, int]]:
-    redis = Redis.from_url(redis_url)
-    try:
-        entries = await redis.xrange(bus.streams["feed"])
-    finally:
-        await redis.aclose()
-    decoded = [events.decode(fields[b"body"]) for _, fields in entries]
-    return [(e.type, e.author_id, e.post_id) for e in decoded if isinstance(e, events.PostEvent)]
 
 
 async def test_two_relays_never_publish_one_owners_rows_out_of_order(
