@@ -98,16 +98,28 @@ class TopoShard(Shard):
         self.reconnecting = False
         self.reconnects = 0
         self.reconnect_errors: dict[str, int] = {}
+        # Each socket's last event id from receipts already handed to the bench (take_receipts clears them): without
+        # it, a socket dropped after a drain reconnected with an old `since` (0 after the scenario) and was replayed
+        # everything again.
+        self.last_seen: dict[int, int] = {}
+        self.reopened: dict[int, float] = {}  # socket index -> when its last reconnect opened
         self._task: asyncio.Task[None] | None = None
 
     def _last_ids(self, wanted: set[int]) -> dict[int, int]:
-        last: dict[int, int] = {}
+        last = {idx: self.last_seen[idx] for idx in wanted if idx in self.last_seen}
         for idx, _, payload in self.receipts:
             if idx in wanted:
                 match = _EVENT_ID.search(payload)
                 if match:
                     last[idx] = max(last.get(idx, 0), int(match.group(1)))
         return last
+
+    def take_receipts(self) -> list[tuple[int, float, str, str, int]]:
+        taken = super().take_receipts()
+        for idx, _, _, _, event_id in taken:
+            if event_id > self.last_seen.get(idx, 0):
+                self.last_seen[idx] = event_id
+        return taken
 
     async def _reconnect_loop(self) -> None:
         while True:
@@ -121,6 +133,9 @@ class TopoShard(Shard):
             # Jittered within 1 s, as real clients back off; retried until it works (30 s at most a round).
             result = await Shard.connect(self, specs, 64, 30.0, spread=1.0)
             self.reconnects += result["opened"]
+            for idx in dropped:
+                if idx in self.conns and self.conns[idx].opened.done():
+                    self.reopened[idx] = self.conns[idx].opened.result()
             for name, count in result["errors"].items():
                 self.reconnect_errors[name] = self.reconnect_errors.get(name, 0) + count
             self.reconnecting = False
@@ -142,6 +157,8 @@ class TopoShard(Shard):
                 "reconnecting": int(self.reconnecting),
                 "reconnect_errors": sum(self.reconnect_errors.values()),
             }
+        if command == "reopened":
+            return dict(self.reopened)
         return await super().handle(command, kwargs)
 
 
@@ -183,6 +200,10 @@ class TopoFleet:
     async def stats(self) -> dict[str, int]:
         replies = await self._inner.call("stats")
         return {key: sum(r[key] for r in replies) for key in replies[0]}
+
+    async def reopened(self) -> dict[int, float]:
+        """Socket index -> when its last reconnect opened (time.monotonic(), shared by the processes)."""
+        return {idx: at for reply in await self._inner.call("reopened") for idx, at in reply.items()}
 
     def stop(self) -> None:
         self._inner.stop()
@@ -1026,11 +1047,18 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             # Per (post, socket): received as a frame (live or replayed), else covered by a resync frame
             # the socket got after the post was made (the client then refetches its feed, which holds
             # every committed post: feed_check verifies that part), else missing.
+            # A socket's first copy of each post counts; a second copy (live and replayed again after a reconnect)
+            # is counted as a duplicate, by the kind of post.
             by_post: dict[str, list[float]] = {}
             seen: dict[str, set[int]] = {}
             resync_at: dict[int, list[float]] = {}
+            celebrity_ids = {p for p, (_, _, k) in sc.committed.items() if k == "celebrity"}
+            duplicates = {"celebrity": 0, "other": 0}
             for idx, received, kind, post_id, _ in receipts:
                 if kind == "post_created":
+                    if idx in seen.get(post_id, ()):
+                        duplicates["celebrity" if post_id in celebrity_ids else "other"] += 1
+                        continue
                     by_post.setdefault(post_id, []).append(received)
                     seen.setdefault(post_id, set()).add(idx)
                 elif kind == "resync":
@@ -1061,6 +1089,7 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 "fanouts": fanouts,
                 "resync_frames": sum(len(t) for t in resync_at.values()),
                 "sockets_resynced": len(resync_at),
+                "duplicate_frames": duplicates,
             }
             # Node loss: posts committed while node A was away, and whether each reached feeds and sockets.
             kill = sc.events.get("node A SIGKILLed", 0)
@@ -1305,18 +1334,38 @@ async def final_fanout(
     started = time.monotonic()
     post_id = str((await http.post("/post/create", json={"text": "final"}, headers=dep.auth(graph.mid))).json())
     deadline = time.monotonic() + 20
-    got: list[float] = []
-    while time.monotonic() < deadline and len(got) < len(graph.online):
+    first: dict[int, float] = {}  # socket -> its first copy of the post
+    while time.monotonic() < deadline and len(first) < len(graph.online):
         await asyncio.sleep(0.5)
-        got += [r[1] for r in await fleet.receipts() if r[3] == post_id]
+        for idx, received, _, pid, _ in await fleet.receipts():
+            if pid == post_id:
+                first[idx] = min(received, first.get(idx, received))
     await http.post("/celebrity-settings", json={"celebrity_threshold": args.threshold}, headers=dep.admin)
-    got.sort()
-    return {
-        "online": len(graph.online),
-        "received": len(got),
-        "first_ms": round((got[0] - started) * 1000, 1) if got else None,
-        "last_ms": round((got[-1] - started) * 1000, 1) if got else None,
-    }
+    # A socket that reconnected after the POST (handed back by a rebalancing round, say) got the post from its
+    # replay: that time is its reconnect's, not the fan-out's; told apart from the sockets that stayed open.
+    reopened = await fleet.reopened()
+    live = sorted(t for idx, t in first.items() if reopened.get(idx, 0.0) < started)
+    after = sorted(t for idx, t in first.items() if reopened.get(idx, 0.0) >= started)
+    got = sorted(first.values())
+
+    def since_post(times: list[float]) -> dict[str, float | None]:
+        return {
+            "first_ms": round((times[0] - started) * 1000, 1) if times else None,
+            "p50_ms": round((times[len(times) // 2] - started) * 1000, 1) if times else None,
+            "p99_ms": round((times[int(len(times) * 0.99)] - started) * 1000, 1) if times else None,
+            "last_ms": round((times[-1] - started) * 1000, 1) if times else None,
+        }
+
+    return (
+        {"online": len(graph.online), "received": len(got)}
+        | since_post(got)
+        | {
+            "sockets_open_throughout": len(live),
+            "open_throughout": since_post(live),
+            "reconnected_after_the_post": len(after),
+            "reconnected": since_post(after),
+        }
+    )
 
 
 async def hot_worker_check(dep: Deployment) -> dict[str, Any]:

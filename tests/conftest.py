@@ -24,7 +24,7 @@ from redis.asyncio import Redis as AsyncRedis
 from sn.storage.migrations import migrate
 from sn.storage.redis_mux import MuxRedis
 from tests import citus_support
-from tests.support import ServerProcess, User, port_open, register
+from tests.support import ServerProcess, User, forget_test_streams, port_open, register
 
 JWT_SECRET = "test-secret-" + uuid.uuid4().hex
 
@@ -185,8 +185,11 @@ async def aredis(redis_url: str) -> AsyncIterator[AsyncRedis]:
 async def amux(redis_url: str) -> AsyncIterator[MuxRedis]:
     """The multiplexed hot-read client on the session's test database."""
     client = MuxRedis(redis_url)
-    yield client
-    await client.aclose()
+    try:
+        yield client
+    finally:
+        await forget_test_streams(client)
+        await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
+
+if TYPE_CHECKING:
+    from sn.storage.redis_mux import MuxRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,3 +180,19 @@ def admin_token(secret: str, user_id: str, *, ttl: int = 3600) -> str:
 
     now = int(time.time())
     return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, "admin": True}, secret, algorithm="HS256")
+
+
+async def forget_test_streams(mux: MuxRedis) -> None:
+    """Drop the made-up workers a test registered in the presence registry (streams not named as a
+    server names them, sn:rt:stream:<node>:<worker>, or named sn:rt:stream:test:…).
+
+    Their online sets live for the presence ttl: meanwhile /stats of the suite's server, sharing the
+    database, counts their users among the online ones (tests/api/test_ws.py compares that count with
+    its workers' own)."""
+    from sn.realtime.presence import STREAMS_KEY, Presence
+
+    presence = Presence(mux)
+    for raw in await mux.execute("SMEMBERS", STREAMS_KEY):
+        stream = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if not stream.startswith("sn:rt:stream:") or stream.startswith("sn:rt:stream:test:"):
+            await presence.forget_worker(stream)

@@ -93,13 +93,12 @@ class CelebrityActor:
         # socket drops a replayed post arriving again live, the replay gives each post once).
         await self._eventlog.route(body, event.author_id, {})
         online = await self._online_followers(event.author_id)
-        # Worker by worker in turn, so every batch spreads its deliveries over the workers.
-        pairs = [
-            pair
-            for row in itertools.zip_longest(*([(stream, user) for user in users] for stream, users in online.items()))
-            for pair in row
-            if pair is not None
-        ]
+        # Worker by worker in turn, so every batch spreads its deliveries over the workers. Each
+        # user once: a user on two workers (two tabs, or a dead worker's online set that has not
+        # expired yet) is found on both by the batch's own presence check below.
+        users = list(
+            dict.fromkeys(user for row in itertools.zip_longest(*online.values()) for user in row if user is not None)
+        )
         job = f"{event.type}:{event.post_id}"
         progress = {
             "author_id": str(event.author_id),
@@ -108,25 +107,28 @@ class CelebrityActor:
             # The cached count (None until known): counting 100k rows here competed with the
             # requests of the moment; a cold list's background load caches it.
             "followers": await self._social.cached_follower_count(event.author_id),
-            "online": len(pairs),
+            "online": len(users),
             "sent": 0,
             "started_at": started,
         }
         await self._redis.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
         batches = 0
         try:
-            for start in range(0, max(len(pairs), 1), settings.batch_size):
-                batch: dict[str, list[int]] = {}
-                for stream, user in pairs[start : start + settings.batch_size]:
-                    batch.setdefault(stream, []).append(user)
-                await self._eventlog.route(body, event.author_id, batch)
+            for start in range(0, max(len(users), 1), settings.batch_size):
+                # Where each user is now, looked up in the batch's own atomic log-and-route, not
+                # where the snapshot above found them: a follower whose socket moved to another
+                # worker since (a rebalancing round, a node restart) gets it there, and one
+                # between two sockets finds this entry in the log when they reconnect.
+                await self._eventlog.route_to_followers(
+                    body, event.author_id, users[start : start + settings.batch_size], paced=True
+                )
                 batches += 1
-                progress["sent"] = min(start + settings.batch_size, len(pairs))
+                progress["sent"] = min(start + settings.batch_size, len(users))
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.hincrby(CELEB_STATS, "batches_sent", 1)
                     pipe.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
                     await pipe.execute()
-                if start + settings.batch_size < len(pairs):
+                if start + settings.batch_size < len(users):
                     await asyncio.sleep(settings.batch_delay)
         finally:
             await self._redis.hdel(CELEB_RUNNING, job)
@@ -143,7 +145,7 @@ class CelebrityActor:
         if followers is None:  # the background load may have counted them meanwhile
             followers = await self._social.cached_follower_count(event.author_id)
         audience = f"of {followers} followers" if followers is not None else "followers (total not counted yet)"
-        log.info("celebrity fan-out %s: %d online %s, %d batches, %.2fs", job, len(pairs), audience, batches, duration)
+        log.info("celebrity fan-out %s: %d online %s, %d batches, %.2fs", job, len(users), audience, batches, duration)
 
     async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
         """The author's online followers by worker stream, found from the online side: each

@@ -34,7 +34,8 @@ ROUTED_PREFIX = "sn:rt:routed:"  # + an event's once_key + chunk: that chunk was
 
 # KEYS[1] log, KEYS[2] counter, KEYS[3..] streams; ARGV: body, author, now_ms, log_maxlen,
 # stream_maxlen, then one comma-separated recipient list per stream. Its stream entries are
-# marked paced ('p'): the celebrity's batches, late by design, stay out of the delivery metric.
+# marked paced ('p'): off the normal fan-out path (an admin's test post), they stay out of the
+# delivery metric, as a celebrity's batches do (late by design, see _ROUTE_FOLLOWERS).
 _ROUTE = """
 local id = redis.call('INCR', KEYS[2])
 local first = id == 1  -- a new counter: its first entry is marked ('s'), see replay
@@ -57,7 +58,8 @@ return id
 # KEYS[1] log, KEYS[2] counter, KEYS[3] the registry of workers' online sets, KEYS[4..] presence
 # keys of followers; ARGV: body, author, now_ms, log_maxlen, stream_maxlen, now (seconds, float),
 # the most workers for which to use online sets, the online sets' key prefix, a key marking this
-# chunk of this event as routed ('' for none), then the follower ids (same order as their keys).
+# chunk of this event as routed ('' for none), '1' to mark the stream entries paced (a celebrity's
+# batches, see _ROUTE) or '', then the follower ids (same order as their keys).
 # The mark makes a redelivered bus message (at least once: a confirm or an ack lost in a broker
 # outage) route nothing the second time: routed again, it would reach sockets under a new event
 # id, and clients would show the post twice.
@@ -83,7 +85,12 @@ end
 local count = #KEYS - 3
 local delivered = 0
 local function send(stream, recipients)
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', table.concat(recipients, ','))
+  local r = table.concat(recipients, ',')
+  if ARGV[10] == '1' then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', r, 'p', '1')
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'e', id, 'b', ARGV[1], 'r', r)
+  end
   redis.call('EXPIRE', stream, 3600)
   delivered = delivered + #recipients
 end
@@ -98,10 +105,10 @@ for _, stream in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 if #streams <= tonumber(ARGV[7]) then
   for _, stream in ipairs(streams) do
-    local flags = redis.call('SMISMEMBER', ARGV[8] .. stream, unpack(ARGV, 10, 9 + count))
+    local flags = redis.call('SMISMEMBER', ARGV[8] .. stream, unpack(ARGV, 11, 10 + count))
     local recipients = {}
     for i, flag in ipairs(flags) do
-      if flag == 1 then recipients[#recipients + 1] = ARGV[i + 9] end
+      if flag == 1 then recipients[#recipients + 1] = ARGV[i + 10] end
     end
     if #recipients > 0 then send(stream, recipients) end
   end
@@ -112,7 +119,7 @@ local by_stream, order = {}, {}
 for i = 4, #KEYS do
   for _, stream in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], min, '+inf')) do
     if not by_stream[stream] then by_stream[stream] = {}; order[#order + 1] = stream end
-    table.insert(by_stream[stream], ARGV[i + 6])
+    table.insert(by_stream[stream], ARGV[i + 7])
   end
 end
 for _, stream in ipairs(order) do send(stream, by_stream[stream]) end
@@ -168,11 +175,18 @@ class EventLog:
         return int(await self._route(keys=[LOG_KEY, COUNTER_KEY, *streams], args=args))
 
     async def route_to_followers(
-        self, body: bytes, author_id: int, followers: Sequence[int], *, once_key: str | None = None
+        self,
+        body: bytes,
+        author_id: int,
+        followers: Sequence[int],
+        *,
+        once_key: str | None = None,
+        paced: bool = False,
     ) -> tuple[int, int]:
         """Log the event and deliver it to the online ones among `followers` in one atomic step
         per chunk; returns (last event id, sockets' users reached). With ``once_key`` (naming the
-        event), a chunk already routed under it is not routed again: (0, 0) when none was."""
+        event), a chunk already routed under it is not routed again: (0, 0) when none was.
+        ``paced``: a celebrity's batch (its stream entries stay out of the delivery metric)."""
         now = time.time()
         calls: list[ScriptCall] = []
         # Chunked so one script never blocks Redis for long; an empty list still logs the event.
@@ -188,6 +202,7 @@ class EventLog:
                 self.ONLINE_SET_MAX_WORKERS,
                 ONLINE_PREFIX,
                 f"{ROUTED_PREFIX}{once_key}:{start}" if once_key else "",
+                "1" if paced else "",
                 *chunk,
             ]
             keys = [LOG_KEY, COUNTER_KEY, STREAMS_KEY, *(presence_key(f) for f in chunk)]

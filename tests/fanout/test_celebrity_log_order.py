@@ -5,6 +5,7 @@ on replay). Real Redis (a database of its own) and PostgreSQL; the actor is the 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -26,8 +27,10 @@ from sn.storage.friends import FriendRepository
 from sn.storage.posts import PostRepository
 from sn.storage.redis_mux import MuxRedis
 from sn.storage.social_cache import SocialCache
+from tests.support import forget_test_streams
 
-_ids = itertools.count(70_000_000)
+# Fresh ids on each run: presence and follower keys of a run a moment ago are still in Redis.
+_ids = itertools.count(random.randrange(10**12, 10**13, 10**6))
 
 
 class Components:
@@ -59,6 +62,7 @@ async def components(redis_url: str, database_url: str) -> AsyncIterator[Compone
     try:
         yield Components(redis, mux, pool)
     finally:
+        await forget_test_streams(mux)
         await pool.close()
         await mux.aclose()
         await redis.aclose()
@@ -96,3 +100,62 @@ async def test_a_follower_coming_online_during_the_fanout_finds_the_post_in_the_
     assert [
         event_from_json(body).post_id for _, body in (await c.eventlog.replay(cursor, {author}, limit=10)).events
     ] == [str(post_id)]
+
+
+async def _stream_recipients(redis: Redis, stream: str) -> list[int]:
+    entries = await redis.xrange(stream)
+    return [int(user) for _, fields in entries for user in fields[b"r"].split(b",") if user]
+
+
+async def test_a_follower_who_moved_to_another_worker_gets_the_batch_where_they_are_now(
+    components: Components,
+) -> None:
+    """The online followers are read once, at the start; a batch goes out seconds later. A follower
+    whose socket moved meanwhile (handed back by a rebalancing round, or their node restarted) is
+    reached on the worker they are on when their batch goes, not on the one the snapshot named."""
+    author, mover, stayer = next(_ids), next(_ids), next(_ids)
+    old_stream, new_stream = f"test:stream:{next(_ids)}", f"test:stream:{next(_ids)}"
+    c = components
+    await c.redis.sadd(c.social.followers_key(author), "0", mover, stayer)
+    await c.presence.refresh([mover, stayer], old_stream)
+
+    class Moving(CelebrityActor):
+        async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
+            online = await super()._online_followers(author_id)
+            assert online == {old_stream: sorted([mover, stayer])}
+            # The mover's socket closes on the old worker and opens on the new one before the batch.
+            await c.presence.leave([mover], old_stream)
+            await c.presence.refresh([mover], new_stream)
+            return online
+
+    actor = Moving(redis=c.redis, feed=c.feed, social=c.social, presence=c.presence, eventlog=c.eventlog, live=c.live)
+    await actor.handle(
+        events.encode(events.PostEvent(type="post_created", post_id=next(_ids), author_id=author, text="moved"))
+    )
+    assert await _stream_recipients(c.redis, new_stream) == [mover]
+    assert await _stream_recipients(c.redis, old_stream) == [stayer]
+    # The batches' entries are paced: the delivery metric leaves a celebrity's batches out.
+    assert all(b"p" in fields for _, fields in await c.redis.xrange(new_stream))
+
+
+async def test_a_follower_listed_on_two_workers_is_one_place_in_the_batches(components: Components) -> None:
+    """A dead worker's online set lives until it expires: its users, already reconnected elsewhere,
+    are listed twice. They take one place in the batches (not two: a node loss made every celebrity
+    fan-out half as long again), and each worker holding them is still reached."""
+    author = next(_ids)
+    followers = [next(_ids) for _ in range(3)]
+    dead, live = f"test:stream:{next(_ids)}", f"test:stream:{next(_ids)}"
+    c = components
+    await c.redis.sadd(c.social.followers_key(author), "0", *followers)
+    await c.presence.refresh(followers, dead)
+    await c.presence.refresh(followers, live)
+    one_per_batch = LiveSettings(c.redis, CelebritySettings(celebrity_threshold=2, batch_size=1, batch_delay=0.0))
+    actor = CelebrityActor(
+        redis=c.redis, feed=c.feed, social=c.social, presence=c.presence, eventlog=c.eventlog, live=one_per_batch
+    )
+    await actor.handle(
+        events.encode(events.PostEvent(type="post_created", post_id=next(_ids), author_id=author, text="twice"))
+    )
+    assert actor.batches == 3
+    assert sorted(await _stream_recipients(c.redis, live)) == sorted(followers)
+    assert sorted(await _stream_recipients(c.redis, dead)) == sorted(followers)
