@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from typing import Any
 
@@ -28,7 +29,7 @@ from sn.fanout.normal import realtime_body
 from sn.feed import FeedService
 from sn.pipeline import events
 from sn.pipeline.bus import Queue
-from sn.realtime.eventlog import EventLog
+from sn.realtime.eventlog import EventLog, celebrity_batch
 from sn.realtime.presence import Presence
 from sn.storage.social_cache import SocialCache
 from sn.tasks import cancel_and_wait
@@ -114,21 +115,27 @@ class CelebrityActor:
         await self._redis.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
         batches = 0
         try:
-            for start in range(0, max(len(users), 1), settings.batch_size):
+            # A user's batch is a function of their id (celebrity_batch): a replay reads from the
+            # batch's tag in the log whether the client has already seen the user's batch.
+            count = max(1, math.ceil(len(users) / settings.batch_size))
+            planned: list[list[int]] = [[] for _ in range(count)]
+            for user in users:
+                planned[celebrity_batch(user, count)].append(user)
+            sent = 0
+            for number, batch in enumerate(planned):
                 # Where each user is now, looked up in the batch's own atomic log-and-route, not
                 # where the snapshot above found them: a follower whose socket moved to another
                 # worker since (a rebalancing round, a node restart) gets it there, and one
                 # between two sockets finds this entry in the log when they reconnect.
-                await self._eventlog.route_to_followers(
-                    body, event.author_id, users[start : start + settings.batch_size], paced=True
-                )
+                await self._eventlog.route_to_followers(body, event.author_id, batch, batch=(number, count))
                 batches += 1
-                progress["sent"] = min(start + settings.batch_size, len(users))
+                sent += len(batch)
+                progress["sent"] = sent
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.hincrby(CELEB_STATS, "batches_sent", 1)
                     pipe.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
                     await pipe.execute()
-                if start + settings.batch_size < len(users):
+                if number + 1 < count:
                     await asyncio.sleep(settings.batch_delay)
         finally:
             await self._redis.hdel(CELEB_RUNNING, job)

@@ -174,7 +174,7 @@ class Hub:
         async def authors(candidates: set[int]) -> set[int]:
             return await self._followed_among(user_id, candidates)
 
-        replay = await self._eventlog.replay(since, authors, limit=self._replay_limit)
+        replay = await self._eventlog.replay(since, authors, limit=self._replay_limit, user_id=user_id)
         if replay.gap:
             return Resync(since, replay.oldest_available)
         seen: set[tuple[str, str]] = set()

@@ -24,6 +24,7 @@ class LogEntry(NamedTuple):
     author_id: int
     logged_ms: int
     body: bytes
+    batch: tuple[int, int] | None = None  # a celebrity batch's (k, n), see eventlog.celebrity_batch
 
 
 _NOTHING = 1 << 62  # covered_from of an empty copy: above any id
@@ -33,9 +34,13 @@ Fetch = Callable[[int, int | None, int], Awaitable[list[LogEntry]]]
 
 
 class LogTail:
-    def __init__(self, fetch: Fetch, *, max_entries: int = 10_000, max_age_ms: int = 600_000) -> None:
+    def __init__(
+        self, fetch: Fetch, *, max_entries: int = 10_000, max_age_ms: int = 600_000, lookback: int | None = None
+    ) -> None:
         self._fetch = fetch
         self._max_entries = max_entries
+        # How far before a cursor a read also goes (see ``after``): half the copy, by default.
+        self._lookback = max_entries // 2 if lookback is None else lookback
         self._max_age_ms = max_age_ms
         self._entries: list[LogEntry] = []
         self._covered_from = _NOTHING  # empty coverage while covered_from > covered_to
@@ -44,6 +49,8 @@ class LogTail:
         # answered "resync" without reading them again.
         self._dropped_below = 0
         self._filling: asyncio.Future[None] | None = None
+        # The celebrity batches held, by body: (event id, k, n) of each (see ``batches_of``).
+        self._batches: dict[bytes, list[tuple[int, int, int]]] = {}
 
     @property
     def size(self) -> int:
@@ -76,8 +83,12 @@ class LogTail:
             if self._covered_from <= low and self._covered_to >= current:
                 return self._after(since)
             filling = self._filling = asyncio.get_running_loop().create_future()
+            # Read a little before the cursor too: a celebrity post's batches the client has seen
+            # already lie there (``batches_of``), and a replay with them at hand sends it no copy
+            # again. Within max_entries of the counter, and not into the part dropped for age.
+            start = max(min(low, current - self._lookback), current - self._max_entries + 1, self._dropped_below, 1)
             try:
-                if not await self._fill(low, current):
+                if not await self._fill(start, current):
                     return None
                 # Taken before trimming: a cursor in the part that is too old to keep still gets
                 # its answer (which makes the caller resync) instead of a read in a loop.
@@ -87,6 +98,15 @@ class LogTail:
             finally:
                 self._filling = None
                 filling.set_result(None)
+
+    def batches_of(self, body: bytes) -> list[tuple[int, int, int]]:
+        """(event id, k, n) of every batch of the celebrity post ``body`` this copy holds."""
+        return self._batches.get(body, [])
+
+    def _index(self, entries: list[LogEntry]) -> None:
+        for entry in entries:
+            if entry.batch is not None:
+                self._batches.setdefault(entry.body, []).append((entry.event_id, *entry.batch))
 
     def _after(self, since: int) -> list[LogEntry]:
         return self._entries[bisect.bisect_right(self._entries, since, key=lambda entry: entry.event_id) :]
@@ -104,6 +124,7 @@ class LogTail:
                 self._entries, self._covered_to = older, max(current, older[-1].event_id if older else low - 1)
             else:
                 self._entries = older + self._entries
+            self._index(older)
             self._covered_from = low
         if self._covered_to < current:
             newer = await self._fetch(self._covered_to + 1, None, limit + 1)
@@ -111,6 +132,7 @@ class LogTail:
                 self._reset()
                 return False
             self._entries += newer
+            self._index(newer)
             self._covered_to = max(current, newer[-1].event_id if newer else self._covered_to)
         return True
 
@@ -122,8 +144,15 @@ class LogTail:
         if drop:
             # Older than the replay window or beyond the size bound: a cursor there resyncs anyway.
             self._covered_from = self._dropped_below = entries[drop - 1].event_id + 1
+            for entry in entries[:drop]:
+                if entry.batch is not None:
+                    held = self._batches[entry.body]
+                    held.remove((entry.event_id, *entry.batch))
+                    if not held:
+                        del self._batches[entry.body]
             del entries[:drop]
 
     def _reset(self) -> None:
         self._entries, self._covered_from, self._covered_to = [], _NOTHING, -1
         self._dropped_below = 0
+        self._batches = {}

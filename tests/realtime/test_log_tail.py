@@ -50,7 +50,7 @@ def ids(entries: list[LogEntry] | None) -> list[int]:
 async def test_concurrent_replays_share_one_read() -> None:
     log, tail = Log(), None
     log.append(50)
-    tail = LogTail(log.fetch)
+    tail = LogTail(log.fetch, lookback=0)
     results = await asyncio.gather(*(tail.after(since, log.current, NOW) for since in (40, 45, 49, 50)))
     assert [ids(r) for r in results] == [list(range(41, 51)), list(range(46, 51)), [50], []]
     assert log.reads == [(41, None)]  # the first replay's read served the others
@@ -59,7 +59,7 @@ async def test_concurrent_replays_share_one_read() -> None:
 async def test_the_copy_grows_at_both_ends_and_reads_only_what_it_lacks() -> None:
     log = Log()
     log.append(30)
-    tail = LogTail(log.fetch)
+    tail = LogTail(log.fetch, lookback=0)
     assert ids(await tail.after(20, log.current, NOW)) == list(range(21, 31))
     log.append(5)
     assert ids(await tail.after(28, log.current, NOW)) == list(range(29, 36))
@@ -72,7 +72,7 @@ async def test_the_copy_grows_at_both_ends_and_reads_only_what_it_lacks() -> Non
 async def test_too_much_since_the_cursor_is_a_gap_not_a_partial_replay() -> None:
     log = Log()
     log.append(120)
-    tail = LogTail(log.fetch, max_entries=100)
+    tail = LogTail(log.fetch, lookback=0, max_entries=100)
     assert await tail.after(10, log.current, NOW) is None
     assert ids(await tail.after(30, log.current, NOW)) == list(range(31, 121))
 
@@ -81,7 +81,7 @@ async def test_entries_past_the_window_are_dropped_from_the_copy() -> None:
     log = Log()
     log.append(10, logged_ms=NOW - 700_000)  # older than the 600 s window
     log.append(10, logged_ms=NOW)
-    tail = LogTail(log.fetch, max_age_ms=600_000)
+    tail = LogTail(log.fetch, lookback=0, max_age_ms=600_000)
     assert ids(await tail.after(0, log.current, NOW))[0] == 1  # returned once (the caller resyncs)...
     assert tail.size == 10  # ...but not kept
 
@@ -89,7 +89,7 @@ async def test_entries_past_the_window_are_dropped_from_the_copy() -> None:
 async def test_a_log_that_redis_lost_is_noticed_at_the_anchor() -> None:
     log = Log()
     log.append(40)
-    tail = LogTail(log.fetch)
+    tail = LogTail(log.fetch, lookback=0)
     assert ids(await tail.after(35, log.current, NOW)) == [36, 37, 38, 39, 40]
     assert tail.anchor == (40, NOW)
     tail.verify(40, NOW)  # the same entry there: the copy stays
@@ -106,7 +106,7 @@ async def test_a_log_that_redis_lost_is_noticed_at_the_anchor() -> None:
 async def test_entries_logged_after_the_counter_was_read_do_not_discard_the_copy() -> None:
     log = Log()
     log.append(110)
-    tail = LogTail(log.fetch)
+    tail = LogTail(log.fetch, lookback=0)
     assert ids(await tail.after(50, 100, NOW)) == list(range(51, 111))  # the log grew after GET counter
     assert ids(await tail.after(60, 105, NOW)) == list(range(61, 111))  # an earlier counter: still covered
     assert log.reads == [(51, None)]
@@ -116,7 +116,7 @@ async def test_a_cursor_in_the_part_dropped_for_age_is_answered_without_reading(
     log = Log()
     log.append(10, logged_ms=NOW - 700_000)
     log.append(10)
-    tail = LogTail(log.fetch, max_age_ms=600_000)
+    tail = LogTail(log.fetch, lookback=0, max_age_ms=600_000)
     await tail.after(0, log.current, NOW)
     reads = len(log.reads)
     for _ in range(20):
@@ -127,7 +127,7 @@ async def test_a_cursor_in_the_part_dropped_for_age_is_answered_without_reading(
 async def test_a_copy_far_behind_the_log_starts_again_from_the_cursor() -> None:
     log = Log()
     log.append(5)
-    tail = LogTail(log.fetch, max_entries=100)
+    tail = LogTail(log.fetch, lookback=0, max_entries=100)
     assert ids(await tail.after(0, log.current, NOW)) == [1, 2, 3, 4, 5]
     log.append(300)  # more than the copy may hold was logged since this worker last looked
     assert ids(await tail.after(300, log.current, NOW)) == [301, 302, 303, 304, 305]
@@ -172,3 +172,15 @@ async def test_replays_notice_that_redis_lost_the_log(
         await log.route_to_followers(_body(post, after), after, [])
     replay = await log.replay(0, {before, after}, limit=10)
     assert [msgspec.json.decode(b)["post_id"] for _, b in replay.events] == ["10", "11", "12", "13", "14"]
+
+
+async def test_a_read_also_takes_what_lies_just_before_the_cursor_and_indexes_celebrity_batches() -> None:
+    log = Log()
+    log.append(40)
+    log.entries[35] = log.entries[35]._replace(body=b"celebrity", batch=(0, 2))  # id 36
+    log.entries[38] = log.entries[38]._replace(body=b"celebrity", batch=(1, 2))  # id 39
+    tail = LogTail(log.fetch, lookback=5)
+    assert ids(await tail.after(38, log.current, NOW)) == [39, 40]
+    assert log.reads == [(35, None)]  # 5 before the counter, not from the cursor
+    assert tail.batches_of(b"celebrity") == [(36, 0, 2), (39, 1, 2)]
+    assert tail.batches_of(b"1") == []

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from sn.protocol.messages import Event, event_from_json, event_to_json
 from sn.realtime import eventlog as eventlog_module
-from sn.realtime.eventlog import EventLog
+from sn.realtime.eventlog import EventLog, Replay, celebrity_batch
 from sn.realtime.presence import STREAMS_KEY, Presence, online_key, presence_key
 from sn.storage.redis_mux import MuxRedis
 
@@ -295,3 +295,48 @@ async def test_a_redelivered_event_is_routed_once(aredis: Redis, amux: MuxRedis,
     other_id, reached = await log.route_to_followers(body(6, author), author, [follower], once_key=once + ":x")
     assert other_id > first_id
     assert reached == 1
+
+
+async def test_a_celebrity_post_is_not_replayed_to_a_client_that_saw_its_batch(replay_log: EventLog) -> None:
+    """A celebrity post's batches are logged one by one over seconds. A client that got the post
+    in its batch and reconnects before the last batch finds later batches after its cursor: it is
+    not sent the post again. One whose batch comes after its cursor is, and so is one not in a
+    batch yet seen (the replay cannot tell: it sends rather than lose)."""
+    log = replay_log
+    author, other = next(_ids), next(_ids)
+    count = 4
+    users = [next(_ids) for _ in range(40)]
+    by_batch: dict[int, list[int]] = {k: [] for k in range(count)}
+    for user in users:
+        by_batch[celebrity_batch(user, count)].append(user)
+    assert all(by_batch.values())  # (the ids spread over every batch)
+    post = body(60, author)
+    await log.route(post, author, {})  # logged as the fan-out starts
+    logged = [(await log.route_to_followers(post, author, by_batch[k], batch=(k, count)))[0] for k in range(count)]
+    unrelated = (await log.route_to_followers(body(61, other), other, []))[0]
+
+    def posts(replay: Replay) -> list[str]:
+        assert not replay.gap
+        return [event_from_json(b).post_id for _, b in replay.events]
+
+    early, late = by_batch[0][0], by_batch[count - 1][0]
+    # Saw its batch (the first), then an unrelated event: the later batches' entries lie after its cursor.
+    assert posts(await log.replay(logged[0], {author}, limit=10, user_id=early)) == []
+    assert posts(await log.replay(logged[0], {author, other}, limit=10, user_id=early)) == ["61"]
+    # Its batch is the last one, after the cursor: the post is replayed.
+    assert posts(await log.replay(logged[0], {author}, limit=10, user_id=late)) == ["60"]
+    # No user given: the old answer.
+    assert posts(await log.replay(logged[0], {author}, limit=10)) == ["60"]
+    # A cursor before every batch: replayed to anybody.
+    assert posts(await log.replay(logged[0] - 1, {author}, limit=10, user_id=early)) == ["60"]
+    assert unrelated > logged[-1]
+
+
+def test_celebrity_batches_are_a_function_of_the_id_and_even() -> None:
+    sizes = [0] * 10
+    for user in range(387_094_325_848_200_414, 387_094_325_848_200_414 + 100_000 * 4096, 4096):
+        sizes[celebrity_batch(user, 10)] += 1
+    # Snowflake-like ids that differ only above their 12 low bits still spread evenly.
+    assert min(sizes) > 9_000
+    assert max(sizes) < 11_000
+    assert {celebrity_batch(user, 1) for user in range(100)} == {0}
