@@ -103,6 +103,9 @@ class TopoShard(Shard):
         # everything again.
         self.last_seen: dict[int, int] = {}
         self.reopened: dict[int, float] = {}  # socket index -> when its last reconnect opened
+        # Every reconnect that opened: (socket index, when it opened, the `since` it asked for), so each duplicate
+        # frame can be traced to the path that sent it (see duplicate_paths).
+        self.reconnect_log: list[tuple[int, float, int]] = []
         self._task: asyncio.Task[None] | None = None
 
     def _last_ids(self, wanted: set[int]) -> dict[int, int]:
@@ -136,6 +139,7 @@ class TopoShard(Shard):
             for idx in dropped:
                 if idx in self.conns and self.conns[idx].opened.done():
                     self.reopened[idx] = self.conns[idx].opened.result()
+                    self.reconnect_log.append((idx, self.reopened[idx], last.get(idx, 0)))
             for name, count in result["errors"].items():
                 self.reconnect_errors[name] = self.reconnect_errors.get(name, 0) + count
             self.reconnecting = False
@@ -159,6 +163,8 @@ class TopoShard(Shard):
             }
         if command == "reopened":
             return dict(self.reopened)
+        if command == "reconnect_log":
+            return list(self.reconnect_log)
         return await super().handle(command, kwargs)
 
 
@@ -205,8 +211,41 @@ class TopoFleet:
         """Socket index -> when its last reconnect opened (time.monotonic(), shared by the processes)."""
         return {idx: at for reply in await self._inner.call("reopened") for idx, at in reply.items()}
 
+    async def reconnect_log(self) -> list[tuple[int, float, int]]:
+        """Every reconnect that opened, from every process: (socket index, when it opened, its `since`)."""
+        return sorted(entry for reply in await self._inner.call("reconnect_log") for entry in reply)
+
     def stop(self) -> None:
         self._inner.stop()
+
+
+def duplicate_paths(
+    copies: Sequence[tuple[int, float, int, float, int]], reconnects: Sequence[tuple[int, float, int]]
+) -> dict[str, int]:
+    """Sort second copies of a post on one socket index by the path that most likely sent them.
+
+    `copies` holds (socket index, first copy's receipt, first copy's event id, this copy's receipt, its event id).
+    A copy with no reconnect of that index in between came over the same socket. Otherwise the last reconnect
+    before it decides: its `since` was past the first copy's event id (the replay should not have had it) or
+    before it (the replay legitimately re-sent it); and the copy came within 0.2 s of the open (replayed) or
+    later (live).
+    """
+    by_index: dict[int, list[tuple[float, int]]] = {}
+    for idx, opened_at, since in reconnects:
+        by_index.setdefault(idx, []).append((opened_at, since))
+    paths: dict[str, int] = {}
+    for idx, first_at, first_event, at, _ in copies:
+        between = [(o, s) for o, s in by_index.get(idx, ()) if first_at <= o <= at]
+        if not between:
+            name = "same_socket"
+        else:
+            opened_at, since = between[-1]
+            cursor = "since_past_first" if since >= first_event else "since_before_first"
+            name = f"{cursor}_{'replayed' if at - opened_at <= 0.2 else 'live'}"
+            if len(between) > 1:
+                name += "_after_several_reconnects"
+        paths[name] = paths.get(name, 0) + 1
+    return dict(sorted(paths.items()))
 
 
 async def settle(fleet: TopoFleet, *, at_least: float, at_most: float, quiet: float = 3.0) -> float:
@@ -1054,13 +1093,20 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
             resync_at: dict[int, list[float]] = {}
             celebrity_ids = {p for p, (_, _, k) in sc.committed.items() if k == "celebrity"}
             duplicates = {"celebrity": 0, "other": 0}
-            for idx, received, kind, post_id, _ in receipts:
+            first_copy: dict[tuple[str, int], tuple[float, int]] = {}
+            celebrity_copies: list[tuple[int, float, int, float, int]] = []
+            copies_by_post: collections.Counter[str] = collections.Counter()
+            for idx, received, kind, post_id, event_id in receipts:
                 if kind == "post_created":
                     if idx in seen.get(post_id, ()):
                         duplicates["celebrity" if post_id in celebrity_ids else "other"] += 1
+                        if post_id in celebrity_ids:
+                            celebrity_copies.append((idx, *first_copy[(post_id, idx)], received, event_id))
+                            copies_by_post[post_id] += 1
                         continue
                     by_post.setdefault(post_id, []).append(received)
                     seen.setdefault(post_id, set()).add(idx)
+                    first_copy[(post_id, idx)] = (received, event_id)
                 elif kind == "resync":
                     resync_at.setdefault(idx, []).append(received)
             celebrity_posts = {p: s for p, (a, s, k) in sc.committed.items() if k == "celebrity"}
@@ -1090,6 +1136,10 @@ async def scenario(args: argparse.Namespace, dep: Deployment, graph: Graph, out:
                 "resync_frames": sum(len(t) for t in resync_at.values()),
                 "sockets_resynced": len(resync_at),
                 "duplicate_frames": duplicates,
+                "duplicates_by_path": duplicate_paths(celebrity_copies, await fleet.reconnect_log()),
+                # The posts with the most copies: one post holding most of them points at its fan-out (cut short
+                # by the node loss?), copies spread over every post at the reconnects.
+                "duplicates_top_posts": dict(copies_by_post.most_common(3)),
             }
             # Node loss: posts committed while node A was away, and whether each reached feeds and sockets.
             kill = sc.events.get("node A SIGKILLed", 0)

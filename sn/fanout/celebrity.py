@@ -25,6 +25,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from sn.fanout.live_settings import LiveSettings
+from sn.fanout.normal import once_key as _once_key
 from sn.fanout.normal import realtime_body
 from sn.feed import FeedService
 from sn.pipeline import events
@@ -41,6 +42,7 @@ log = logging.getLogger("sn.fanout.celebrity")
 CELEB_STATS = "sn:celeb:stats"
 CELEB_RUNNING = "sn:celeb:running"
 CELEB_RECENT = "sn:celeb:recent"
+CELEB_PLAN_PREFIX = "sn:celeb:plan:"  # + an event's once key: its fan-out's batch count (see CelebrityActor.handle)
 RECENT_KEPT = 20
 
 
@@ -89,10 +91,20 @@ class CelebrityActor:
         started = time.time()
         await self._feed.apply(event, followers=None)  # pull on read: only the author's own list
         body = realtime_body(event)
-        # Logged before the online followers are read: one who comes online after that read
-        # (and so is in no batch) replays it from the log. One who is in both gets it once (the
-        # socket drops a replayed post arriving again live, the replay gives each post once).
-        await self._eventlog.route(body, event.author_id, {})
+        job = f"{event.type}:{event.post_id}"
+        once = _once_key(event, body)
+        # A fan-out of this event that ran before (its worker was killed and the bus redelivered
+        # the message, or the message came twice): this run resumes it with the first run's batch
+        # count, kept a day, so each user falls in the batch they were in, and a batch already
+        # routed is not routed again (its once key). Re-run whole, it sent the post a second time
+        # to every follower the first run had reached: 11,700 copies in one topology run.
+        resumed = await self._planned_batches(once)
+        if resumed is None:
+            # Logged before the online followers are read: one who comes online after that read
+            # (and so is in no batch) replays it from the log. One who is in both gets it once (the
+            # socket drops a replayed post arriving again live, the replay gives each post once).
+            # (A resumed fan-out's entry was logged by its first run.)
+            await self._eventlog.route(body, event.author_id, {})
         online = await self._online_followers(event.author_id)
         # Worker by worker in turn, so every batch spreads its deliveries over the workers. Each
         # user once: a user on two workers (two tabs, or a dead worker's online set that has not
@@ -100,7 +112,9 @@ class CelebrityActor:
         users = list(
             dict.fromkeys(user for row in itertools.zip_longest(*online.values()) for user in row if user is not None)
         )
-        job = f"{event.type}:{event.post_id}"
+        # A user's batch is a function of their id (celebrity_batch): a replay reads from the
+        # batch's tag in the log whether the client has already seen the user's batch.
+        count = resumed or await self._plan(once, max(1, math.ceil(len(users) / settings.batch_size)))
         progress = {
             "author_id": str(event.author_id),
             "post_id": str(event.post_id),
@@ -111,13 +125,12 @@ class CelebrityActor:
             "online": len(users),
             "sent": 0,
             "started_at": started,
+            "planned_batches": count,
+            "resumed": resumed is not None,
         }
         await self._redis.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
-        batches = 0
+        batches = skipped = 0
         try:
-            # A user's batch is a function of their id (celebrity_batch): a replay reads from the
-            # batch's tag in the log whether the client has already seen the user's batch.
-            count = max(1, math.ceil(len(users) / settings.batch_size))
             planned: list[list[int]] = [[] for _ in range(count)]
             for user in users:
                 planned[celebrity_batch(user, count)].append(user)
@@ -127,10 +140,15 @@ class CelebrityActor:
                 # where the snapshot above found them: a follower whose socket moved to another
                 # worker since (a rebalancing round, a node restart) gets it there, and one
                 # between two sockets finds this entry in the log when they reconnect.
-                await self._eventlog.route_to_followers(body, event.author_id, batch, batch=(number, count))
-                batches += 1
+                event_id, _ = await self._eventlog.route_to_followers(
+                    body, event.author_id, batch, once_key=f"{once}:{count}:{number}", batch=(number, count)
+                )
                 sent += len(batch)
                 progress["sent"] = sent
+                if event_id == 0:  # routed by the run this one resumes: no pause for it
+                    skipped += 1
+                    continue
+                batches += 1
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.hincrby(CELEB_STATS, "batches_sent", 1)
                     pipe.hset(CELEB_RUNNING, job, msgspec.json.encode(progress))
@@ -140,7 +158,13 @@ class CelebrityActor:
         finally:
             await self._redis.hdel(CELEB_RUNNING, job)
         duration = time.time() - started
-        summary = {**progress, "batches": batches, "duration_seconds": round(duration, 3), "finished_at": time.time()}
+        summary = {
+            **progress,
+            "batches": batches,
+            "batches_routed_before": skipped,
+            "duration_seconds": round(duration, 3),
+            "finished_at": time.time(),
+        }
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(CELEB_STATS, "fanouts_completed", 1)
             pipe.lpush(CELEB_RECENT, msgspec.json.encode(summary))
@@ -152,7 +176,27 @@ class CelebrityActor:
         if followers is None:  # the background load may have counted them meanwhile
             followers = await self._social.cached_follower_count(event.author_id)
         audience = f"of {followers} followers" if followers is not None else "followers (total not counted yet)"
-        log.info("celebrity fan-out %s: %d online %s, %d batches, %.2fs", job, len(users), audience, batches, duration)
+        resumed_note = f" (resumed: {skipped} of {count} batches were routed before)" if resumed is not None else ""
+        log.info(
+            "celebrity fan-out %s: %d online %s, %d batches, %.2fs%s",
+            job,
+            len(users),
+            audience,
+            batches,
+            duration,
+            resumed_note,
+        )
+
+    async def _planned_batches(self, once: str) -> int | None:
+        """The batch count of a fan-out of this event that started before (None: none did)."""
+        raw = await self._redis.get(CELEB_PLAN_PREFIX + once)
+        return int(raw) if raw is not None else None
+
+    async def _plan(self, once: str, count: int) -> int:
+        """Record this fan-out's batch count, kept a day as the once keys are; a run that recorded
+        one first (the same message twice at once) wins, and this run follows its plan."""
+        earlier = await self._redis.set(CELEB_PLAN_PREFIX + once, count, nx=True, ex=86400, get=True)
+        return int(earlier) if earlier is not None else count
 
     async def _online_followers(self, author_id: int) -> dict[str, list[int]]:
         """The author's online followers by worker stream, found from the online side: each

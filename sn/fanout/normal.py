@@ -40,7 +40,7 @@ def realtime_body(event: events.PostEvent) -> bytes:
     )
 
 
-def _once_key(event: events.PostEvent, body: bytes) -> str:
+def once_key(event: events.PostEvent, body: bytes) -> str:
     """Names one event: a post is created and deleted once; its updates differ by their body."""
     if event.type == "post_updated":
         return f"{event.type}:{event.post_id}:{hashlib.blake2b(body, digest_size=8).hexdigest()}"
@@ -82,7 +82,7 @@ class FanoutConsumer:
             await self._feed.apply(event, followers)
             clock.mark("feeds")
             body = realtime_body(event)
-            await self._eventlog.route_to_followers(body, event.author_id, followers, once_key=_once_key(event, body))
+            await self._eventlog.route_to_followers(body, event.author_id, followers, once_key=once_key(event, body))
             clock.mark("route")
             if event.type == "post_created":  # the id's timestamp is the post's creation time
                 detail = f"; consumed at {consumed_age * 1000:.0f} ms, {len(followers)} followers"

@@ -4,6 +4,8 @@ on replay). Real Redis (a database of its own) and PostgreSQL; the actor is the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -12,7 +14,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from sn.fanout.celebrity import CelebrityActor
+from sn.fanout.celebrity import CELEB_RUNNING, CelebrityActor
 from sn.fanout.live_settings import CelebritySettings, LiveSettings
 from sn.feed import FeedService
 from sn.pipeline import events
@@ -159,3 +161,60 @@ async def test_a_follower_listed_on_two_workers_is_one_place_in_the_batches(comp
     assert actor.batches == 3
     assert sorted(await _stream_recipients(c.redis, live)) == sorted(followers)
     assert sorted(await _stream_recipients(c.redis, dead)) == sorted(followers)
+
+
+async def _log_entries_of(redis: Redis, body_marker: bytes, after: int) -> list[dict[bytes, bytes]]:
+    entries = await redis.xrange(eventlog_module.LOG_KEY, f"{after + 1}-0", "+")
+    return [fields for _, fields in entries if body_marker in fields[b"b"]]
+
+
+async def test_a_fanout_cut_short_and_redelivered_resumes_and_sends_nobody_the_post_twice(
+    components: Components,
+) -> None:
+    """The worker running a celebrity fan-out dies (SIGKILL on its node) after a few batches; the
+    bus redelivers the message to another worker. That run takes the first run's batch count and
+    routes only the batches not routed yet: every online follower gets the post once, and the log
+    holds one start entry and each batch once."""
+    author = next(_ids)
+    followers = [next(_ids) for _ in range(40)]
+    stream = f"test:stream:{next(_ids)}"
+    c = components
+    await c.redis.sadd(c.social.followers_key(author), "0", *followers)
+    await c.presence.refresh(followers, stream)
+    cursor = int(await c.redis.get(eventlog_module.COUNTER_KEY) or 0)
+    paced = LiveSettings(c.redis, CelebritySettings(celebrity_threshold=2, batch_size=5, batch_delay=0.1))
+    text = f"resumed {next(_ids)}"
+    message = events.encode(events.PostEvent(type="post_created", post_id=next(_ids), author_id=author, text=text))
+
+    def actor() -> CelebrityActor:
+        return CelebrityActor(
+            redis=c.redis, feed=c.feed, social=c.social, presence=c.presence, eventlog=c.eventlog, live=paced
+        )
+
+    first = asyncio.create_task(actor().handle(message))
+    async with asyncio.timeout(10):
+        while len(await _stream_recipients(c.redis, stream)) < 15:  # three of its eight batches
+            await asyncio.sleep(0.01)
+    first.cancel()  # the worker dies mid fan-out
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    reached_first = await _stream_recipients(c.redis, stream)
+    assert 15 <= len(reached_first) < len(followers)
+
+    second = actor()
+    await second.handle(message)  # the redelivery
+    recipients = await _stream_recipients(c.redis, stream)
+    assert sorted(recipients) == sorted(followers)  # each once
+    assert second.batches == 8 - len(reached_first) // 5
+    logged = await _log_entries_of(c.redis, text.encode(), cursor)
+    assert [fields.get(b"c") for fields in logged] == [None] + [f"{k}/8".encode() for k in range(8)]
+
+    # A third delivery of the same message, after the fan-out finished: nothing routed, nothing logged.
+    third = actor()
+    await third.handle(message)
+    assert third.batches == 0
+    assert sorted(await _stream_recipients(c.redis, stream)) == sorted(followers)
+    assert len(await _log_entries_of(c.redis, text.encode(), cursor)) == 9
+    # The fan-out is not left "in progress" for the operators.
+    running = await c.redis.hgetall(CELEB_RUNNING)
+    assert not any(str(author).encode() in value for value in running.values())
