@@ -12,7 +12,8 @@ With a round-robin balancer half of the handed-back clients land on this node ag
 sends WebSockets to the node with the fewest, deploy/haproxy/haproxy.cfg); the next
 rounds see the counts that resulted, so the spread converges without any worker knowing the
 balancer's policy. A worker that started less than ``warmup`` seconds ago does not count yet (its
-node may not be in the balancer's rotation: clients handed back would all come straight back).
+node may not be in the balancer's rotation: clients handed back would all come straight back), nor
+does one whose stats stopped coming (its node was killed: the same, until its entry expires).
 
 An imbalance must also last: a worker sheds only after `hold` heartbeats in a row over the line,
 so the passing lead one worker takes while thousands of clients connect at once is left alone.
@@ -42,6 +43,11 @@ class RebalancePolicy:
     min_excess: int = 100  # sockets over the mean worth moving at all
     warmup: float = 5.0  # seconds before a new worker counts as one to balance with
     hold: int = 3  # heartbeats in a row over the line before any socket is handed back
+    # A worker whose stats are older than this (3 missed heartbeats) is likely dead: not one to hand
+    # sockets to. Its entry lives STATS_TTL_SECONDS (15 s) for /stats; counted that long, a killed
+    # node's last counts pulled the mean down and the survivors shed sockets that could only come
+    # back to them, ~50 a second for 15 s after a node loss (a topology run's clients back in 16.5 s).
+    fresh: float = 3.0
 
 
 def excess(own: str, workers: Sequence[WorkerStats], *, now: float, policy: RebalancePolicy) -> float:
@@ -53,7 +59,11 @@ def excess(own: str, workers: Sequence[WorkerStats], *, now: float, policy: Reba
     mine = next((w for w in workers if w.worker == own), None)
     if policy.rate <= 0 or mine is None:
         return 0.0
-    counted = [w for w in workers if w.worker == own or now - w.started_at >= policy.warmup]
+    counted = [
+        w
+        for w in workers
+        if w.worker == own or (now - w.started_at >= policy.warmup and now - w.updated_at <= policy.fresh)
+    ]
     if len(counted) < 2:
         return 0.0
     mean = sum(w.connections for w in counted) / len(counted)

@@ -11,7 +11,7 @@ NOW = 1_000_000.0
 POLICY = RebalancePolicy(rate=100, slack=0.25, min_excess=100, warmup=10)
 
 
-def worker(name: str, connections: int, *, started_ago: float = 3600) -> WorkerStats:
+def worker(name: str, connections: int, *, started_ago: float = 3600, updated_ago: float = 0.0) -> WorkerStats:
     return WorkerStats(
         worker=name,
         node=name.split(":")[0],
@@ -21,7 +21,7 @@ def worker(name: str, connections: int, *, started_ago: float = 3600) -> WorkerS
         delivered=0,
         slow_consumer_closes=0,
         accepted=connections,
-        updated_at=NOW,
+        updated_at=NOW - updated_ago,
         started_at=NOW - started_ago,
     )
 
@@ -58,6 +58,22 @@ def test_a_worker_still_warming_up_does_not_count() -> None:
     workers = [worker("b:1", 5000), worker("a:1", 0, started_ago=3)]
     assert shed("b:1", workers) == 0
     workers[1] = worker("a:1", 0, started_ago=11)
+    assert shed("b:1", workers) == 100
+
+
+def test_a_worker_whose_stats_stopped_coming_does_not_count() -> None:
+    # Node A was SIGKILLed 5 s ago: its last entries (2,500 each) live on until they expire, and every
+    # client is on node B now. Counted, they put B over the mean, and B would shed sockets the balancer
+    # can only send back to B.
+    workers = [
+        worker("b:1", 5000),
+        worker("b:2", 5000),
+        worker("a:1", 2500, updated_ago=5),
+        worker("a:2", 2500, updated_ago=5),
+    ]
+    assert shed("b:1", workers) == 0
+    # A heartbeat a moment late (a busy event loop) still counts.
+    workers[2:] = [worker("a:1", 2500, updated_ago=2), worker("a:2", 2500, updated_ago=2)]
     assert shed("b:1", workers) == 100
 
 
